@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make test` and `make demo`. Both create .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast demo clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,dicom]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole suite, `slow` tests included (CI runs this).
+test: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q tests
+
+# Everything but the tests marked `slow`.
+test-fast: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -m "not slow" tests
+
+demo: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m chestxray_tf.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info
