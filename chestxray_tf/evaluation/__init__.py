@@ -1,0 +1,9 @@
+"""Evaluation: from a model's predictions to the papers' tables, files and figures (SPEC §6).
+
+* `results`: the dict of every metric of a run, per class and mean, and its builders.
+* `paper_tables`: the papers' published numbers (`published/<paper>.json`).
+* `report`: `write_report` -> report.json and report.md, the paper's tables with our row and
+  the difference beside the published ones.
+* `figures`: ROC curves and heat-map galleries (matplotlib, Agg).
+* `cv_report`: mean ± std over the folds of a cross-validation -> cv_report.json / .md.
+"""

@@ -1,0 +1,160 @@
+"""Run a trained model over a split and measure it the way the papers do (SPEC §1, §6).
+
+`evaluate(workdir, checkpoint, split)` restores the run, predicts the split's images, and
+writes WORKDIR/eval/: report.json, report.md, roc_curves.png and one heat-map gallery per
+boxed class. The model's outputs are read by key (`registry.Paper.score_key`, `map_key`), so
+any paper's maps serve: a patch grid, a CAM at another resolution, a saliency map.
+
+Localization (Li et al. 2018, Sec. 4.2): the region of class k is every cell of the map with
+value > T_s (`config.eval.region_threshold`, 0.5), all connected components together
+("discrete regions count as one region"); its IoU and IoR with the union of the image's true
+boxes of class k are measured in pixels of the model's input frame, for every test image
+with a box of class k; the accuracy at T is the fraction of those with IoU (IoR) > T.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from chestxray_tf import geometry
+from chestxray_tf.data import pipeline
+from chestxray_tf.evaluation import figures, report, results as results_lib
+from chestxray_tf.labels import BOXED_CLASSES, CLASS_NAMES
+from chestxray_tf.metrics import auc as auc_lib, localization, regions
+from chestxray_tf.models import registry
+from chestxray_tf.training import checkpoints
+
+SPLITS = ("test_fold", "official_test", "val")
+
+
+@dataclasses.dataclass
+class Predictions:
+    """A model's predictions over a split (maps kept for the images with boxes only).
+
+    image_ids [N]; labels, probs [N, K]; boxes: per image [M, 4] xywh in pixels of the model's
+    input frame and box_labels [M]; maps: image index -> [h, w, K]; images: image index ->
+    [S, S] grey model input, for the images whose map is kept.
+    """
+    image_ids: list
+    labels: np.ndarray
+    probs: np.ndarray
+    boxes: list
+    box_labels: list
+    maps: dict
+    images: dict
+    image_size: int
+
+
+def predict(model, config, image_ids, *, progress=True):
+    """Runs `model` over `image_ids` (eval order) and collects `Predictions`."""
+    paper = registry.get_paper(config.model.name)
+    size = config.data.image_size
+    dataset = pipeline.make_dataset(config.data, image_ids, training=False, grid=None,
+                                    batch_size=config.eval.batch_size)
+    ids, labels, probs, boxes, box_labels, maps, images = [], [], [], [], [], {}, {}
+    steps = -(-len(image_ids) // config.eval.batch_size)
+    for batch in tqdm(dataset, total=steps, unit="batch", desc="evaluate", disable=not progress):
+        outputs = model(batch["image"], training=False)
+        batch_maps = outputs[paper.map_key].numpy()
+        for i in range(len(batch["image_id"])):
+            index = len(ids)
+            ids.append(batch["image_id"][i].numpy().decode())
+            valid = batch["box_labels"][i].numpy() >= 0
+            boxes.append(geometry.yxyx_to_xywh(batch["boxes"][i].numpy()[valid], size)
+                         if valid.any() else np.zeros((0, 4)))
+            box_labels.append(batch["box_labels"][i].numpy()[valid])
+            if valid.any():
+                maps[index] = batch_maps[i]
+                images[index] = batch["image"][i].numpy().mean(axis=-1)
+        labels.append(batch["labels"].numpy())
+        probs.append(outputs[paper.score_key].numpy())
+    return Predictions(ids, np.concatenate(labels), np.concatenate(probs), boxes, box_labels,
+                       maps, images, size)
+
+
+def localization_overlaps(pred, region_threshold):
+    """(class_ids, iou, ior) over every (image, boxed class) pair of the predictions."""
+    class_ids, ious, iors = [], [], []
+    for index, class_map in pred.maps.items():
+        for k in np.unique(pred.box_labels[index]):
+            region = regions.map_to_region(class_map[..., k], region_threshold, keep="all")
+            iou, ior = localization.iou_and_ior(region, pred.boxes[index][pred.box_labels[index]
+                                                                          == k],
+                                                pred.image_size, pred.image_ids[index])
+            class_ids.append(int(k))
+            ious.append(iou)
+            iors.append(ior)
+    return np.array(class_ids, dtype=np.int64), np.array(ious), np.array(iors)
+
+
+def compute_results(pred, config, split):
+    """The `results` dict (see `evaluation.results`) of Li et al.'s metrics."""
+    thresholded = auc_lib.roc_auc_thresholded(pred.labels, pred.probs)
+    exact = auc_lib.roc_auc_exact(pred.labels, pred.probs)
+    counts = pred.labels.sum(axis=0).astype(int)
+    out = {
+        "auc": results_lib.class_table(thresholded.per_class, thresholded.mean, counts),
+        "auc_exact": results_lib.class_table(exact.per_class, exact.mean, counts),
+        "thresholds": {"selection": "fixed", "values": {
+            name: config.eval.region_threshold for name in BOXED_CLASSES}},
+        "split": split,
+        "num_images": len(pred.image_ids),
+    }
+    if config.eval.experiment:
+        out["experiment"] = config.eval.experiment
+    class_ids, ious, iors = localization_overlaps(pred, config.eval.region_threshold)
+    if len(class_ids):
+        thresholds = tuple(config.eval.iou_thresholds)
+        out["localization"] = {"inclusive": False}
+        for name, values in (("iou", ious), ("ior", iors)):
+            table = localization.localization_accuracy(class_ids, values, thresholds)
+            out["localization"][name] = results_lib.accuracy_tables(
+                table.per_class, thresholds, table.mean, table.counts)
+    return out
+
+
+def write_figures(pred, config, out_dir):
+    """ROC curves and one heat-map gallery per boxed class; returns {caption: path}."""
+    paths = {"ROC curves": figures.plot_roc_curves(pred.labels, pred.probs,
+                                                   os.path.join(out_dir, "roc_curves.png"))}
+    for k, name in enumerate(BOXED_CLASSES):
+        chosen = [i for i in sorted(pred.maps) if k in pred.box_labels[i]]
+        chosen = chosen[:config.eval.gallery_images]
+        if not chosen:
+            continue
+        maps = [pred.maps[i][..., k] for i in chosen]
+        paths[f"{name}: heat maps, true boxes (yellow), region p > "
+              f"{config.eval.region_threshold} (cyan)"] = figures.plot_heatmap_gallery(
+            [pred.images[i] for i in chosen], maps,
+            [pred.boxes[i][pred.box_labels[i] == k] for i in chosen],
+            [m > config.eval.region_threshold for m in maps],
+            [f"{pred.image_ids[i]}  p={pred.probs[i, k]:.2f}" for i in chosen],
+            os.path.join(out_dir, f"heatmaps_{name}.png"))
+    return paths
+
+
+def split_ids(config, split):
+    """The image ids of `split` under the config's protocol."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "official_test":
+        return pipeline.select_ids(config.data, protocol="official").test
+    selection = pipeline.select_ids(config.data)
+    return selection.val if split == "val" else selection.test
+
+
+def evaluate(workdir, checkpoint="latest", split="test_fold", progress=True):
+    """Evaluates a training run; returns the paths of the files written under WORKDIR/eval."""
+    config, model, path = checkpoints.restore_model(workdir, checkpoint)
+    ids = split_ids(config, split)
+    if not ids:
+        raise ValueError(f"split {split} of {config.data.manifest} holds no image")
+    pred = predict(model, config, ids, progress=progress)
+    out_dir = os.path.join(workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    results = compute_results(pred, config, split)
+    paths = report.write_report(out_dir, results, config.model.name, config=config.to_dict(),
+                                checkpoint=path, figures=write_figures(pred, config, out_dir))
+    return {**paths, "out_dir": out_dir}

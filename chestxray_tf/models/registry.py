@@ -1,0 +1,71 @@
+"""Paper name -> model builder, loss and localization map, so a config's model name picks all.
+
+A paper registers one `Paper` under its name: how to build its model from a config, how to
+compute its per-example loss from a batch of the input pipeline and the model's output dict,
+and which output holds its localization maps. The trainer, evaluation and export never name a
+paper.
+"""
+
+import dataclasses
+from typing import Callable
+
+from chestxray_tf.losses.li2018 import li2018_loss
+from chestxray_tf.models.li2018 import build_li2018
+
+
+@dataclasses.dataclass(frozen=True)
+class Paper:
+    """What the shared stack needs to know of a paper's model.
+
+    build_model: (config, pretrained) -> keras.Model with a dict of outputs.
+    make_loss: config -> loss_fn(batch, outputs) -> (per-example loss [B], {term: [B]}).
+    map_key: the output holding the localization maps [B, h, w, K] in [0, 1].
+    score_key: the output holding the image-level probabilities [B, K].
+    """
+    build_model: Callable
+    make_loss: Callable
+    map_key: str
+    score_key: str = "image_probs"
+
+
+def _li2018_model(config, pretrained):
+    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    if not pretrained:
+        kwargs["weights"] = None
+    return build_li2018(image_size=config.data.image_size, **kwargs)
+
+
+def _li2018_loss(config):
+    def loss_fn(batch, outputs):
+        return li2018_loss(batch["labels"], batch["box_mask"], batch["has_box"],
+                           outputs["patch_probs"], lambda_bbox=config.loss.lambda_bbox,
+                           smoothing=config.model.smoothing, return_terms=True)
+    return loss_fn
+
+
+PAPERS = {
+    "li2018": Paper(build_model=_li2018_model, make_loss=_li2018_loss, map_key="patch_probs"),
+}
+
+
+def get_paper(name):
+    """The registered `Paper` called `name` (e.g. "li2018")."""
+    if name not in PAPERS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(sorted(PAPERS))}")
+    return PAPERS[name]
+
+
+def build_model(config, pretrained=True):
+    """The model of `config.model.name`; `pretrained=False` skips loading backbone weights
+    (the caller restores a checkpoint)."""
+    return get_paper(config.model.name).build_model(config, pretrained)
+
+
+def make_loss(config):
+    """loss_fn(batch, outputs) -> (per-example loss [B], {term name: [B]}) of the config's paper."""
+    return get_paper(config.model.name).make_loss(config)
+
+
+def map_key(config):
+    """The output key of the config's localization maps."""
+    return get_paper(config.model.name).map_key
