@@ -23,7 +23,7 @@ test-fast: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m chestxray_tf.demo
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m chestxray_tf.cli.demo --workdir demo_workdir
 
 clean:
 	rm -rf $(VENV) build *.egg-info

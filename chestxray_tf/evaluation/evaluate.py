@@ -19,12 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from chestxray_tf import geometry
-from chestxray_tf.data import pipeline
 from chestxray_tf.evaluation import figures, report, results as results_lib
 from chestxray_tf.labels import BOXED_CLASSES, CLASS_NAMES
 from chestxray_tf.metrics import auc as auc_lib, localization, regions
 from chestxray_tf.models import registry
-from chestxray_tf.training import checkpoints
+from chestxray_tf.training import checkpoints, data as data_lib
 
 SPLITS = ("test_fold", "official_test", "val")
 
@@ -51,8 +50,8 @@ def predict(model, config, image_ids, *, progress=True):
     """Runs `model` over `image_ids` (eval order) and collects `Predictions`."""
     paper = registry.get_paper(config.model.name)
     size = config.data.image_size
-    dataset = pipeline.make_dataset(config.data, image_ids, training=False, grid=None,
-                                    batch_size=config.eval.batch_size)
+    dataset = data_lib.dataset(config.data, image_ids, training=False,
+                               batch_size=config.eval.batch_size)
     ids, labels, probs, boxes, box_labels, maps, images = [], [], [], [], [], {}, {}
     steps = -(-len(image_ids) // config.eval.batch_size)
     for batch in tqdm(dataset, total=steps, unit="batch", desc="evaluate", disable=not progress):
@@ -140,8 +139,8 @@ def split_ids(config, split):
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if split == "official_test":
-        return pipeline.select_ids(config.data, protocol="official").test
-    selection = pipeline.select_ids(config.data)
+        return data_lib.select(config.data, protocol="official").test
+    selection = data_lib.select(config.data)
     return selection.val if split == "val" else selection.test
 
 

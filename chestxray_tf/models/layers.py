@@ -47,3 +47,16 @@ class PatchSlicing(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "grid": self.grid}
+
+
+def synchronize_batch_norm(model):
+    """Makes every BatchNormalization of `model` (nested models included) compute its batch
+    statistics over the global batch of all replicas (`synchronized=True`, TF backend), so a
+    distributed step equals the single-device step on the same global batch. Returns the
+    number of layers changed."""
+    changed = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            changed += 1
+    return changed

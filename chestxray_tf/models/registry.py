@@ -10,6 +10,7 @@ import dataclasses
 from typing import Callable
 
 from chestxray_tf.losses.li2018 import li2018_loss
+from chestxray_tf.models.layers import synchronize_batch_norm
 from chestxray_tf.models.li2018 import build_li2018
 
 
@@ -29,7 +30,7 @@ class Paper:
 
 
 def _li2018_model(config, pretrained):
-    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    kwargs = {k: v for k, v in config.model.items() if k not in ("name", "sync_batch_norm")}
     if not pretrained:
         kwargs["weights"] = None
     return build_li2018(image_size=config.data.image_size, **kwargs)
@@ -57,8 +58,12 @@ def get_paper(name):
 
 def build_model(config, pretrained=True):
     """The model of `config.model.name`; `pretrained=False` skips loading backbone weights
-    (the caller restores a checkpoint)."""
-    return get_paper(config.model.name).build_model(config, pretrained)
+    (the caller restores a checkpoint). With `config.model.sync_batch_norm`, batch norm uses
+    the statistics of the global batch across replicas."""
+    model = get_paper(config.model.name).build_model(config, pretrained)
+    if config.model.get("sync_batch_norm", False):
+        synchronize_batch_norm(model)
+    return model
 
 
 def make_loss(config):

@@ -1,0 +1,26 @@
+"""Evaluate a trained run: `python -m chestxray_tf.cli.evaluate --workdir W
+[--checkpoint latest|best|PATH] [--split test_fold|official_test|val]`.
+
+Writes WORKDIR/eval/report.json, report.md (the paper's tables with its published numbers
+beside ours) and the figures.
+"""
+
+from absl import app, flags
+
+from chestxray_tf.evaluation import evaluate
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's --workdir.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path.")
+_SPLIT = flags.DEFINE_enum("split", "test_fold", list(evaluate.SPLITS), "Images to evaluate.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    paths = evaluate.evaluate(_WORKDIR.value, _CHECKPOINT.value, _SPLIT.value)
+    print(f"report: {paths['markdown']}\nmetrics: {paths['json']}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,28 @@
+"""Export a trained run as a SavedModel: `python -m chestxray_tf.cli.export --workdir W
+--output E [--checkpoint latest|best|PATH]`."""
+
+import os
+
+from absl import app, flags, logging
+
+from chestxray_tf import export
+from chestxray_tf.training import checkpoints
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's --workdir.")
+_OUTPUT = flags.DEFINE_string("output", None, "SavedModel folder (default: WORKDIR/export).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config, model, path = checkpoints.restore_model(_WORKDIR.value, _CHECKPOINT.value)
+    output = _OUTPUT.value or os.path.join(_WORKDIR.value, "export")
+    export.export_saved_model(model, config, output)
+    logging.info("exported %s to %s", path, output)
+    print(f"SavedModel of {path} written to {output}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,309 @@
+"""`tf.data` input pipelines for training and evaluation from a built TFRecord set (SPEC §0, §1).
+
+read the shards (parallel interleave) -> keep the selected image ids (only the id is parsed: before
+decoding) -> shuffle records (training) -> parse, decode, resize to the model size -> batch ->
+augment (optional) -> 3 channels scaled to [-1, 1] or ImageNet mean/std, box targets (one XLA-fused
+step). An element is a flat dict:
+
+| key | shape, dtype | what |
+|---|---|---|
+| `image` | [B, S, S, 3] float32 | the normalised image |
+| `labels` | [B, K] float32 | multi-hot image labels y_k |
+| `box_mask` | [B, P, P, K] float32 | patch overlaps a box of class k (Li Sec. 3.2); with `grid` |
+| `has_box` | [B, K] float32 | the annotation flag a_k: the image has a box of class k |
+| `boxes` | [B, M, 4] float32 | normalised yxyx boxes, zero-padded |
+| `box_labels` | [B, M] int32 | class id per box, -1 for padding |
+| `image_id` | [B] string | |
+
+Each shard's record count is checked against manifest.json, so a corrupt or truncated shard
+raises an error naming its file (or, with `skip_corrupt`, is logged and read up to the damage).
+"""
+
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from chestxray_tf import labels as labels_lib
+from chestxray_tf.data import augment as augment_lib
+from chestxray_tf.data import example
+from chestxray_tf.data import manifest as manifest_lib
+from chestxray_tf.data import nih
+from chestxray_tf.data import targets
+
+NORMALIZATIONS = ("minus_one_one", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUGMENTATIONS = {"hermoza": augment_lib.hermoza}
+PROTOCOLS = ("li2018", "official", "sedai2018")
+
+
+def select_ids(manifest_path, protocol, **kwargs):
+    """Image ids of a paper's split of a built set, from its metadata.csv (no shard is read).
+
+    Args:
+        manifest_path: the set's folder or manifest.json.
+        protocol: 'li2018' (kwargs of `nih.li2018_split`: test_fold, annotated_fraction,
+            unannotated_fraction, seed), 'official' (val_fraction, seed; needs a set built with
+            the official lists) or 'sedai2018' (seed, fractions).
+
+    Returns:
+        dict split name -> sorted list of ids: {'train', 'test'} for li2018, {'train', 'val',
+        'test'} for the others.
+    """
+    meta, folds = manifest_lib.nih_tables(manifest_path)
+    if protocol == "li2018":
+        return dict(zip(("train", "test"), nih.li2018_split(meta, folds, **kwargs)))
+    if protocol == "official":
+        split = meta.images["split"]
+        if (split == example.SPLIT_UNKNOWN).any():
+            raise ValueError(f"{manifest_lib.manifest_file(manifest_path)}: the set was built "
+                             "without train_val_list.txt / test_list.txt, so it has no official "
+                             "split")
+        ids = meta.images["image_id"]
+        return dict(zip(("train", "val", "test"), nih.official_split(
+            meta, list(ids[split == "train_val"]), list(ids[split == "test"]), **kwargs)))
+    if protocol == "sedai2018":
+        return dict(zip(("train", "val", "test"), nih.sedai2018_split(meta, **kwargs)))
+    raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
+
+
+def _message(*parts):
+    """A string tensor joining str parts and tensors (numbers formatted), for graph errors."""
+    return tf.strings.join([
+        p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p)
+        for p in parts])
+
+
+def _read_shard(path, expected, skip_corrupt):
+    """Records of one shard; at its end, checks that all `expected` records were read.
+
+    An empty string (never a serialised record of the schema) marks the end of the shard.
+    """
+    records = tf.data.TFRecordDataset(path).ignore_errors()
+    counted = records.concatenate(tf.data.Dataset.from_tensors(tf.constant(b""))).enumerate()
+
+    def keep(index, record):
+        is_end = tf.equal(record, b"")
+        complete = tf.logical_or(tf.logical_not(is_end), tf.equal(index, expected))
+        message = _message("corrupt or truncated TFRecord shard ", path, ": read ", index,
+                           " of the ", expected, " records that manifest.json lists")
+        if skip_corrupt:
+            def warn():
+                with tf.control_dependencies([tf.print(
+                        "WARNING:", message, "- skipped", expected - index,
+                        "records (skip_corrupt=True)", output_stream=sys.stderr)]):
+                    return tf.constant(False)
+
+            report = tf.cond(complete, lambda: tf.constant(True), warn)
+        else:
+            report = tf.debugging.Assert(complete, [message])
+        with tf.control_dependencies([report]):
+            return tf.logical_not(is_end)
+
+    return counted.filter(keep).map(lambda index, record: record)
+
+
+def _pad_boxes(features, max_boxes):
+    """Boxes [N, 4] -> [M, 4] zero-padded, labels [N] -> [M] padded with -1 (N > M: error)."""
+    boxes, labels = features["boxes"], tf.cast(features["box_labels"], tf.int32)
+    count = tf.shape(labels)[0]
+    check = tf.debugging.Assert(count <= max_boxes, [_message(
+        "image ", features["image_id"], " has ", count, f" boxes, more than max_boxes={max_boxes}",
+        ": raise max_boxes")])
+    with tf.control_dependencies([check]):
+        pad = max_boxes - count
+    boxes = tf.ensure_shape(tf.pad(boxes, [[0, pad], [0, 0]]), [max_boxes, 4])
+    labels = tf.ensure_shape(tf.pad(labels, [[0, pad]], constant_values=-1), [max_boxes])
+    return boxes, labels
+
+
+def resize(image, image_size):
+    """Grey [..., H, W, 1] -> [..., S, S, 1]: area resize down, bilinear up (float32); an image
+    already S x S (statically) is returned as it is."""
+    height, width = image.shape[-3], image.shape[-2]
+    if height == image_size and width == image_size:
+        return image
+
+    def to(method):
+        return lambda: tf.image.resize(image, [image_size, image_size], method=method)
+
+    if height is not None:
+        return to("area" if height > image_size else "bilinear")()
+    return tf.cond(tf.shape(image)[-3] > image_size, to("area"), to("bilinear"))
+
+
+def _decode(serialized, encoding, stored_size, image_size, max_boxes):
+    """Per record: pixels at the model size ([S, S, 1], uint8 or float32) and padded targets."""
+    features = example.parse(serialized)
+    image = resize(example.decode_image(features, encoding, stored_size), image_size)
+    boxes, box_labels = _pad_boxes(features, max_boxes)
+    return {"image": image, "labels": tf.cast(features["labels"], tf.float32), "boxes": boxes,
+            "box_labels": box_labels, "image_id": features["image_id"]}
+
+
+def normalize(images, normalization):
+    """Grey [..., 1] pixels in [0, 255] -> float32 [..., 3] in [-1, 1] or ImageNet-standardised."""
+    images = tf.cast(images, tf.float32)
+    if normalization == "minus_one_one":
+        return tf.repeat(images * (1.0 / 127.5) - 1.0, 3, axis=-1)
+    if normalization == "imagenet":
+        return (images * (1.0 / 255.0) - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+    raise ValueError(f"normalization {normalization!r} is not one of {NORMALIZATIONS}")
+
+
+def preprocess_image(grey_uint8, image_size, normalization="minus_one_one"):
+    """One image (or a batch) outside the pipeline, e.g. at serving: grey uint8 [..., H, W, 1]
+    -> float32 [..., S, S, 3], resized and normalised as `make_dataset` does."""
+    return normalize(resize(grey_uint8, image_size), normalization)
+
+
+def _batch_targets(normalization, grid):
+    """The batch-level normalisation and box targets, compiled with XLA into one fused pass.
+
+    Fusing the cast, scale and 3-channel broadcast halves the cost of the memory-bound
+    normalisation (the largest cost of the pipeline after PNG decoding).
+    """
+    @tf.function(jit_compile=True)
+    def finish(images, boxes, box_labels):
+        out = {"image": normalize(images, normalization),
+               "has_box": targets.has_box(boxes, box_labels, labels_lib.NUM_CLASSES)}
+        if grid is not None:
+            out["box_mask"] = targets.box_to_patch_mask(boxes, box_labels, grid,
+                                                        labels_lib.NUM_CLASSES)
+        return out
+
+    return finish
+
+
+def _finish_batch(index, batch, finish, augment, seed):
+    """Batch-level steps: augmentation (optional; random stream keyed by (seed, batch index)),
+    then normalisation and box targets."""
+    images, boxes, box_labels = batch["image"], batch["boxes"], batch["box_labels"]
+    if augment is not None:
+        key = tf.stack([tf.constant(seed, tf.int64), index])
+        images, boxes, box_labels = augment(tf.cast(images, tf.float32), boxes, box_labels, key)
+    return dict(batch, boxes=boxes, box_labels=box_labels, **finish(images, boxes, box_labels))
+
+
+def _resolve_augment(augment):
+    if augment is None or callable(augment):
+        return augment
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment {augment!r} is not one of {sorted(AUGMENTATIONS)} or a callable")
+    return AUGMENTATIONS[augment]()
+
+
+def _selection(manifest, image_ids):
+    """metadata.csv rows of the selected images (all when `image_ids` is None)."""
+    table = manifest_lib.read_metadata(manifest["dir"])
+    if image_ids is None:
+        return table
+    wanted = _unique_ids(image_ids)
+    unknown = sorted(set(wanted) - set(table["image_id"]))
+    if unknown:
+        raise ValueError(f"{len(unknown)} of the {len(wanted)} selected images are not in "
+                         f"{manifest['dir']}, e.g. {unknown[:5]}")
+    return table[table["image_id"].isin(wanted)]
+
+
+def _unique_ids(ids):
+    """The distinct ids of `ids` as a list of str (order kept)."""
+    return list(dict.fromkeys(str(i) for i in np.asarray(ids, dtype=object).reshape(-1)))
+
+
+def make_dataset(manifest_path, image_ids=None, *, image_size, batch_size, training, grid=None,
+                 normalization="minus_one_one", max_boxes=8, augment=None, seed=0,
+                 shuffle_buffer=512, num_parallel_calls=4, interleave_cycle=4,
+                 input_context=None, drop_remainder=None, repeat=False, skip_batches=0,
+                 deterministic=True, skip_corrupt=False):
+    """The training or evaluation `tf.data.Dataset` of a built set (elements: see module doc).
+
+    Args:
+        manifest_path: the set's folder or manifest.json.
+        image_ids: the images to use (e.g. from `select_ids`); None = all. Filtered in-graph
+            before decoding; an id not in the set is an error.
+        image_size: model input size S (resized from the stored size: area down, bilinear up).
+        batch_size: global batch size (per replica when `input_context` is given: divided by
+            its number of replicas).
+        training: shuffle shards and records (seeded); else read the shards' records
+            interleaved in turn.
+        grid: P of the `box_mask` target; None leaves `box_mask` out.
+        normalization: 'minus_one_one' or 'imagenet'.
+        max_boxes: M, the padded number of boxes (an image with more is an error).
+        augment: None, 'hermoza' or a callable (images, boxes, box_labels, key) -> (images,
+            boxes, box_labels), applied to float [B, S, S, 1] pixel batches in [0, 255]; `key`
+            is the int64 [2] stateless random key (seed, batch index) (see `augment`).
+        seed: shuffle and augmentation seed.
+        shuffle_buffer: records in the shuffle buffer (encoded, before decoding).
+        num_parallel_calls: parallelism of the maps and the interleave. A fixed number (4 by
+            default): AUTOTUNE was seen settling on a slower setting on 2 cores.
+        interleave_cycle: shards read at once.
+        input_context: a `tf.distribute.InputContext` (from
+            `strategy.distribute_datasets_from_function`): this pipeline reads every
+            num_input_pipelines-th shard from input_pipeline_id.
+        drop_remainder: drop a last partial batch (default: `training`).
+        repeat: read the shards endlessly (reshuffled each pass when training), e.g. for
+            `fit(steps_per_epoch=...)`; the pipeline then never drains at epoch ends.
+        skip_batches: drop the first batches of this (deterministic) order before decoding
+            them, to resume mid-epoch (counted in per-pipeline batches).
+        deterministic: the same arguments give the same element order (and augmentation); False
+            lets the parallel steps emit out of order.
+        skip_corrupt: log and skip the unreadable rest of a corrupt shard instead of failing.
+
+    Raises:
+        ValueError: bad arguments, unknown ids, fewer shards than input pipelines.
+        FileNotFoundError: a shard listed in the manifest is missing.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization {normalization!r} is not one of {NORMALIZATIONS}")
+    augment = _resolve_augment(augment)
+    manifest = manifest_lib.read_manifest(manifest_path)
+    missing = [p for p in manifest["shard_paths"] if not tf.io.gfile.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shards listed in {manifest['dir']}/manifest.json "
+                                f"are missing, e.g. {missing[:3]}")
+    shards = list(zip(manifest["shard_paths"], [s["count"] for s in manifest["shards"]]))
+    if input_context is not None:
+        pipelines = input_context.num_input_pipelines
+        if len(shards) < pipelines:
+            raise ValueError(f"{len(shards)} shards cannot feed {pipelines} input pipelines: "
+                             "rebuild with --num_shards >= the number of input pipelines")
+        shards = shards[input_context.input_pipeline_id::pipelines]
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    selected = _selection(manifest, image_ids)
+    names = {os.path.basename(p) for p, _ in shards}
+    num_examples = int(selected["shard"].isin(names).sum())
+    if drop_remainder is None:
+        drop_remainder = training
+
+    paths, counts = zip(*shards)
+    files = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(counts, np.int64)))
+    if training:
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        files = files.repeat()
+    records = files.interleave(
+        lambda path, count: _read_shard(path, count, skip_corrupt),
+        cycle_length=min(interleave_cycle, len(paths)), block_length=1,
+        num_parallel_calls=min(interleave_cycle, num_parallel_calls, len(paths)),
+        deterministic=deterministic)
+    if image_ids is not None:
+        keys = tf.constant(selected["image_id"].to_numpy().astype(str))
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), 0)
+        records = records.filter(lambda r: table.lookup(example.parse_image_id(r)) > 0)
+    if not (skip_corrupt or repeat):
+        records = records.apply(tf.data.experimental.assert_cardinality(num_examples))
+    if training:
+        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    records = records.skip(skip_batches * batch_size)
+    ds = records.map(
+        lambda r: _decode(r, manifest["encoding"], manifest["image_size"], image_size, max_boxes),
+        num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate(start=skip_batches)
+    finish = _batch_targets(normalization, grid)
+    ds = ds.map(lambda index, batch: _finish_batch(index, batch, finish, augment, seed),
+                num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,1 @@
+"""Training: strategy choice, optimiser and schedule, the custom loop, checkpoints, logs."""

@@ -1,0 +1,39 @@
+"""The `tf.distribute` strategy named by `config.train.strategy`.
+
+One training loop serves every strategy (a custom loop around `strategy.run`): Keras 3's
+`model.fit` fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585).
+"""
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+
+
+def get_strategy(name="auto", tpu_address=""):
+    """Returns the strategy called `name`.
+
+    * `auto`: `MirroredStrategy` over all GPUs when more than one is visible, else the default
+      strategy (one device: the GPU if there is one, else the CPU).
+    * `default`: the default (no-op) strategy.
+    * `mirrored`: `MirroredStrategy` over every local GPU (over the logical CPUs when there are
+      none, which is how the tests run it).
+    * `multi_worker`: `MultiWorkerMirroredStrategy`; the cluster comes from `TF_CONFIG`.
+    * `tpu`: `TPUStrategy` on the TPU at `tpu_address` (empty: the local or default TPU).
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name == "auto":
+        name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+

@@ -1,0 +1,159 @@
+"""chestxray_tf/training/trainer.py: the loss falls, logs, resume, NaN stop, 2-replica step."""
+
+import glob
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from chestxray_tf.models import registry
+from chestxray_tf.training import checkpoints, trainer
+
+from tiny import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _scalars(logdir):
+    """{tag: [(step, value), ...]} and the image tags of the TensorBoard event files."""
+    values, images = {}, set()
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                tensor = tf.make_ndarray(v.tensor)
+                if v.metadata.plugin_data.plugin_name == "images":
+                    images.add(v.tag)
+                elif tensor.ndim == 0:
+                    values.setdefault(v.tag, []).append((event.step, float(tensor)))
+    return {k: sorted(v) for k, v in values.items()}, images
+
+
+def test_loss_falls_and_tensorboard_has_the_terms(built_set, tmp_path):
+    config = tiny_config(built_set, num_steps=60, learning_rate=3e-3, log_every_steps=6,
+                         checkpoint_every_steps=30, steps_per_epoch=30)
+    last = trainer.train(config, str(tmp_path))
+    scalars, images = _scalars(tmp_path / "logs" / "train")
+    loss = [v for _, v in scalars["train/loss"]]
+    assert len(loss) == 10
+    assert np.mean(loss[-3:]) < 0.85 * np.mean(loss[:2]), loss
+    for tag in ("train/box_term", "train/image_term", "train/regularization",
+                "train/learning_rate", "train/images_per_second", "val/auc_mean"):
+        assert tag in scalars, tag
+    assert "val/heatmap_top_class" in images
+    assert [s for s, _ in scalars["val/auc_mean"]] == [30, 60]
+    assert math.isclose(last["learning_rate"], 3e-3, rel_tol=1e-6)
+    assert os.path.exists(tmp_path / "config.json")
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-60")
+    assert os.path.exists(checkpoints.resolve(str(tmp_path), "best") + ".index")
+
+
+def _weights(workdir):
+    _, model, _ = checkpoints.restore_model(workdir)
+    return model.get_weights()
+
+
+def test_resume_continues_from_the_saved_step_in_the_same_data_order(built_set, tmp_path):
+    straight = tiny_config(built_set, num_steps=12, steps_per_epoch=4, checkpoint_every_steps=3,
+                           num_val_images=0)
+    trainer.train(straight, str(tmp_path / "straight"))
+    # The same run stopped at step 6 (mid-epoch: 2 batches into epoch 1), then resumed.
+    interrupted = tiny_config(built_set, num_steps=6, steps_per_epoch=4,
+                              checkpoint_every_steps=3, num_val_images=0)
+    trainer.train(interrupted, str(tmp_path / "resumed"))
+    resumed = trainer.Trainer(straight, str(tmp_path / "resumed"))
+    assert resumed.manager.latest_checkpoint.endswith("ckpt-6")
+    resumed.run()
+    assert int(resumed.optimizer.iterations.numpy()) == 12
+    for a, b in zip(_weights(str(tmp_path / "straight")), _weights(str(tmp_path / "resumed"))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(built_set, tmp_path, monkeypatch):
+    poison = tf.Variable(1.0)
+    paper = registry.PAPERS["li2018"]
+
+    def poisoned_loss(config):
+        loss_fn = paper.make_loss(config)
+
+        def fn(batch, outputs):
+            loss, terms = loss_fn(batch, outputs)
+            return loss * poison, terms
+        return fn
+
+    monkeypatch.setitem(registry.PAPERS, "li2018",
+                        registry.Paper(paper.build_model, poisoned_loss, paper.map_key))
+    config = tiny_config(built_set, num_steps=20, checkpoint_every_steps=5, num_val_images=0)
+    run = trainer.Trainer(config, str(tmp_path))
+    step_fn = run._train_step
+
+    def step(iterator):
+        if int(run.optimizer.iterations.numpy()) == 7:
+            poison.assign(float("nan"))
+        return step_fn(iterator)
+
+    run._train_step = step
+    with pytest.raises(trainer.TrainingDivergedError, match="step 8.*ckpt-5"):
+        run.run()
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-5")
+    monkeypatch.undo()
+    assert all(np.isfinite(w).all() for w in _weights(str(tmp_path)))
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    sys.path.insert(0, sys.argv[2])
+    from tiny import tiny_config
+    from chestxray_tf.training import trainer
+
+    def one_step(strategy, workdir, weights=None):
+        config = tiny_config(sys.argv[1], strategy=strategy, batch_size=4 if strategy == "default"
+                             else 2, optimizer="sgd", momentum=0.0, learning_rate=0.1,
+                             num_val_images=0)
+        config.model.sync_batch_norm = True
+        run = trainer.Trainer(config, workdir)
+        assert run.global_batch == 4 and run.strategy.num_replicas_in_sync == (
+            1 if strategy == "default" else 2)
+        if weights is not None:
+            run.model.set_weights(weights)
+        before = run.model.get_weights()
+        logs = run._train_step(run._iterator(0, 0))
+        return before, {k: float(v) for k, v in logs.items()}, run.model.get_weights()
+
+    before, single, after_single = one_step("default", sys.argv[3] + "/single")
+    _, mirrored, after_mirrored = one_step("mirrored", sys.argv[3] + "/mirrored", before)
+    grads_single = [(b - a) / 0.1 for b, a in zip(before, after_single)]
+    grads_mirrored = [(b - a) / 0.1 for b, a in zip(before, after_mirrored)]
+    print(json.dumps({
+        "loss": [single["loss"], mirrored["loss"]],
+        "max_grad_diff": max(float(np.max(np.abs(g - h))) for g, h in zip(grads_single,
+                                                                           grads_mirrored)),
+        "max_grad": max(float(np.max(np.abs(g))) for g in grads_single),
+    }))
+""")
+
+
+@pytest.mark.slow
+def test_mirrored_step_equals_the_single_device_step(built_set, tmp_path):
+    """MirroredStrategy over 2 logical CPUs, global batch 4 (2 per replica) vs one device with
+    batch 4: the same loss and the same gradients (SGD without momentum: update = lr x grad)."""
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(built_set),
+                          os.path.dirname(os.path.abspath(__file__)), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    single, mirrored = result["loss"]
+    assert abs(single - mirrored) <= 1e-4 * max(1.0, abs(single)), result
+    assert result["max_grad"] > 0
+    assert result["max_grad_diff"] <= 1e-4, result
