@@ -16,6 +16,9 @@ NIH_SAMPLE = REPO_ROOT / ".." / "shared" / "data" / "nih_sample"
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a test that takes more than ~20 s on 2 CPU cores "
                             "(`make test` runs it; `make test-fast` does not)")
+    # Keras' own save_weights path (keras/src/backend/tensorflow/core.py) under NumPy 2.
+    config.addinivalue_line("filterwarnings",
+                            "ignore:__array__ implementation doesn't accept a copy keyword")
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +47,13 @@ def built_set(nih_source, tmp_path_factory):
     build.build(nih_source, out, image_size=SOURCE_SIZE, num_shards=4, encoding="png",
                 num_workers=1, progress=False, command="test")
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(built_set, tmp_path_factory):
+    """A workdir of the tiny Li et al. config trained for 12 steps on `built_set`."""
+    from chestxray_tf.training import trainer
+    from tiny import tiny_config
+    workdir = tmp_path_factory.mktemp("trained_run")
+    trainer.train(tiny_config(built_set, num_steps=12, steps_per_epoch=6), str(workdir))
+    return workdir

@@ -61,7 +61,7 @@ def restore_model(workdir, which="latest", config=None):
     try:
         status = tf.train.Checkpoint(model=model).restore(path)
         status.expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
         raise ValueError(f"checkpoint {path} cannot be restored into the "
                          f"{config.model.name} model: {e}") from e
     return config, model, path

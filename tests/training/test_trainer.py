@@ -110,7 +110,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    sys.path.insert(0, sys.argv[2])
+    sys.path.insert(0, sys.argv[2])  # tests/, for tiny.py
     from tiny import tiny_config
     from chestxray_tf.training import trainer
 
@@ -148,7 +148,8 @@ def test_mirrored_step_equals_the_single_device_step(built_set, tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
     out = subprocess.run([sys.executable, str(script), str(built_set),
-                          os.path.dirname(os.path.abspath(__file__)), str(tmp_path)],
+                          os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          str(tmp_path)],
                          capture_output=True, text=True, timeout=600, cwd=REPO,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert out.returncode == 0, out.stderr[-3000:]

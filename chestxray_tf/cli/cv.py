@@ -1,0 +1,38 @@
+"""Cross-validation: `python -m chestxray_tf.cli.cv --config=configs/li2018_table2.py
+--workdir W [--folds 0,1,2,3,4] [--print_commands]`.
+
+Trains and evaluates each fold in W/fold_k (finished folds are skipped, interrupted ones
+resume), then writes W/cv_report.md and W/cv_report.json (mean ± std over the folds).
+`--print_commands` only prints one command per fold, to run them elsewhere.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from chestxray_tf.evaluation import cross_validation
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a config file in configs/.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the folds' runs and the report.")
+_FOLDS = flags.DEFINE_list("folds", ["0", "1", "2", "3", "4"], "Folds to hold out, in turn.")
+_PRINT = flags.DEFINE_bool("print_commands", False, "Print one command per fold and exit.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    folds = [int(f) for f in _FOLDS.value]
+    if _PRINT.value:
+        overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+        print("\n".join(cross_validation.fold_commands(
+            config_flags.get_config_filename(flags.FLAGS["config"]), overrides,
+            _WORKDIR.value, folds)))
+        return
+    paths = cross_validation.run(_CONFIG.value, _WORKDIR.value, folds)
+    print(f"cross-validation report: {paths['markdown']}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,72 @@
+"""Li et al.'s 5-fold cross-validation: train and evaluate each fold, then mean ± std.
+
+Each fold k runs in WORKDIR/fold_k with `config.data.test_fold = k`. A fold whose report
+comes from its final checkpoint is finished and skipped; an interrupted one resumes (the
+trainer restores its last checkpoint). `fold_commands` prints the same work as one shell
+command per fold, to fan the folds out to a cluster.
+"""
+
+import json
+import os
+import shlex
+
+import tensorflow as tf
+
+from chestxray_tf.evaluation import cv_report, evaluate
+from chestxray_tf.training import trainer
+
+
+def fold_dir(workdir, fold):
+    return os.path.join(workdir, f"fold_{fold}")
+
+
+def fold_config(config, fold):
+    """`config` with fold `fold` held out for testing."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.data.test_fold = fold
+    return config
+
+
+def is_finished(workdir, config):
+    """True when WORKDIR/eval/report.json was made from the checkpoint of the last step."""
+    report = os.path.join(workdir, "eval", "report.json")
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, trainer.CHECKPOINT_DIR))
+    if latest is None or not os.path.exists(report):
+        return False
+    with open(report) as f:
+        evaluated = json.load(f).get("checkpoint")
+    return evaluated == latest and latest.endswith(f"-{config.train.num_steps}")
+
+
+def run(config, workdir, folds, progress=True):
+    """Trains and evaluates every fold of `folds` (skipping finished ones), then writes
+    WORKDIR/cv_report.json and cv_report.md. Returns the report paths."""
+    reports = []
+    for fold in folds:
+        config_k, run_dir = fold_config(config, fold), fold_dir(workdir, fold)
+        if is_finished(run_dir, config_k):
+            print(f"fold {fold}: finished, skipped")
+        else:
+            print(f"fold {fold}: training in {run_dir}")
+            trainer.train(config_k, run_dir)
+            evaluate.evaluate(run_dir, "latest", "test_fold", progress=progress)
+        reports.append(os.path.join(run_dir, "eval", "report.json"))
+    return cv_report.write_cv_report(workdir, reports)
+
+
+def fold_commands(config_path, overrides, workdir, folds):
+    """One shell command per fold (train, then evaluate), then the aggregation command."""
+    extra = " ".join(shlex.quote(o) for o in overrides)
+    commands = []
+    for fold in folds:
+        run_dir = shlex.quote(fold_dir(workdir, fold))
+        commands.append(
+            f"python -m chestxray_tf.cli.train --config={shlex.quote(config_path)} "
+            f"--workdir={run_dir} --config.data.test_fold={fold}{' ' + extra if extra else ''}"
+            f" && python -m chestxray_tf.cli.evaluate --workdir={run_dir}")
+    fold_list = ",".join(str(f) for f in folds)
+    commands.append(f"python -m chestxray_tf.cli.cv --config={shlex.quote(config_path)} "
+                    f"--workdir={shlex.quote(workdir)} --folds={fold_list}"
+                    f"{' ' + extra if extra else ''}  # aggregates the finished folds")
+    return commands

@@ -1,0 +1,62 @@
+"""chestxray_tf/evaluation/cross_validation.py and cli/cv.py over 2 folds of a tiny config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from chestxray_tf.evaluation import cross_validation
+
+from tiny import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_two_folds_aggregate_and_finished_folds_are_skipped(built_set, tmp_path, capsys):
+    config = tiny_config(built_set, num_steps=4, steps_per_epoch=4, num_val_images=0)
+    paths = cross_validation.run(config, str(tmp_path), [0, 1], progress=False)
+    folds = []
+    for k in (0, 1):
+        with open(tmp_path / f"fold_{k}" / "eval" / "report.json") as f:
+            folds.append(json.load(f))
+        assert folds[-1]["config"]["data"]["test_fold"] == k
+    with open(paths["json"]) as f:
+        cv = json.load(f)
+    auc = [f["results"]["auc"]["mean"] for f in folds]
+    assert any(abs(v - np.mean(auc)) < 1e-9 for v in _numbers(cv))
+    assert any(abs(v - np.std(auc, ddof=1)) < 1e-9 for v in _numbers(cv))
+    assert os.path.exists(paths["markdown"])
+
+    stamp = os.path.getmtime(tmp_path / "fold_0" / "eval" / "report.json")
+    capsys.readouterr()
+    cross_validation.run(config, str(tmp_path), [0, 1], progress=False)
+    assert capsys.readouterr().out.count("finished, skipped") == 2
+    assert os.path.getmtime(tmp_path / "fold_0" / "eval" / "report.json") == stamp
+
+
+def _numbers(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _numbers(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _numbers(v)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield float(tree)
+
+
+def test_print_commands():
+    result = subprocess.run(
+        [sys.executable, "-m", "chestxray_tf.cli.cv", "--config=configs/li2018_table2.py",
+         "--workdir=/tmp/cv", "--folds=0,2", "--print_commands",
+         "--config.train.batch_size=10"], capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for line, fold in zip(lines, (0, 2)):
+        assert f"--workdir=/tmp/cv/fold_{fold} --config.data.test_fold={fold}" in line
+        assert "--config.train.batch_size=10" in line and "cli.evaluate" in line
+    assert "--folds=0,2" in lines[2]
