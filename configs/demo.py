@@ -19,9 +19,10 @@ def get_config():
     config.data.unannotated_fraction = 0.5
     config.data.shuffle_buffer = 256
     config.train.batch_size = 16
-    config.train.num_steps = 1200
+    config.train.num_steps = 2000
     config.train.lr_decay_epochs = 0            # constant lr over so few steps
-    config.train.checkpoint_every_steps = 200
+    config.train.checkpoint_every_steps = 250
+    config.train.eval_every_steps = 500
     config.train.log_every_steps = 20
     config.train.num_val_images = 128
     config.eval.batch_size = 32

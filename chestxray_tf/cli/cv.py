@@ -11,6 +11,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from chestxray_tf import cli
 from chestxray_tf.evaluation import cross_validation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a config file in configs/.")
@@ -23,6 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.quiet_tensorflow()
     folds = [int(f) for f in _FOLDS.value]
     if _PRINT.value:
         overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]

@@ -12,14 +12,14 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from chestxray_tf import export
+from chestxray_tf import cli, export
 from chestxray_tf.data import build, synthetic
 from chestxray_tf.evaluation import evaluate
 from chestxray_tf.training import checkpoints, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The demo's config.")
 _WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where everything is written.")
-_PATIENTS = flags.DEFINE_integer("num_patients", 300, "Synthetic patients (~3 images each).")
+_PATIENTS = flags.DEFINE_integer("num_patients", 1000, "Synthetic patients (~3 images each).")
 _SOURCE_SIZE = flags.DEFINE_integer("source_size", 256, "Size of the synthetic PNGs.")
 
 
@@ -31,6 +31,7 @@ def _step(title):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.quiet_tensorflow()
     config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
     nih_dir, records = os.path.join(workdir, "nih"), os.path.join(workdir, "tfrecords")
     run_dir = os.path.join(workdir, "run")
@@ -71,11 +72,13 @@ def main(argv):
                                             os.path.join(run_dir, "export"))
     print(f"exported ({time.time() - t:.0f} s)")
 
-    auc = results["auc"]["mean"]
-    iou = results.get("localization", {}).get("iou", {}).get("0.1", {}).get("mean")
-    ior = results.get("localization", {}).get("ior", {}).get("0.1", {}).get("mean")
     print(f"\nDone in {time.time() - start:.0f} s.")
-    print(f"  mean AUC {auc:.3f}; localization accuracy T(IoU)=0.1 {iou}, T(IoR)=0.1 {ior}")
+    print(f"  mean AUC (200 thresholds) {results['auc']['mean']:.3f}")
+    for metric, threshold in (("IoU", "0.1"), ("IoU", "0.3"), ("IoR", "0.1")):
+        model_acc, chance_acc = (results[key][metric.lower()][threshold]["mean"]
+                                 for key in ("localization", "localization_chance"))
+        print(f"  localization accuracy T({metric})={threshold}: {model_acc:.3f} "
+              f"(chance, the same regions at random places: {chance_acc:.3f})")
     print(f"  report:      {paths['markdown']}")
     print(f"  figures:     {paths['out_dir']}/*.png")
     print(f"  SavedModel:  {saved_model}")

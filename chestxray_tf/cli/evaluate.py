@@ -7,6 +7,7 @@ beside ours) and the figures.
 
 from absl import app, flags
 
+from chestxray_tf import cli
 from chestxray_tf.evaluation import evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's --workdir.")
@@ -18,6 +19,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.quiet_tensorflow()
     paths = evaluate.evaluate(_WORKDIR.value, _CHECKPOINT.value, _SPLIT.value)
     print(f"report: {paths['markdown']}\nmetrics: {paths['json']}")
 

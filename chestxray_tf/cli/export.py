@@ -5,7 +5,7 @@ import os
 
 from absl import app, flags, logging
 
-from chestxray_tf import export
+from chestxray_tf import cli, export
 from chestxray_tf.training import checkpoints
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's --workdir.")
@@ -17,6 +17,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.quiet_tensorflow()
     config, model, path = checkpoints.restore_model(_WORKDIR.value, _CHECKPOINT.value)
     output = _OUTPUT.value or os.path.join(_WORKDIR.value, "export")
     export.export_saved_model(model, config, output)

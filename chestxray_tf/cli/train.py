@@ -8,6 +8,7 @@ command resumes from the last checkpoint in `--workdir`.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from chestxray_tf import cli
 from chestxray_tf.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a config file in configs/.",
@@ -19,6 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.quiet_tensorflow()
     logging.info("config:\n%s", _CONFIG.value)
     trainer.train(_CONFIG.value, _WORKDIR.value)
 

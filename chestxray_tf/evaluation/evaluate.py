@@ -26,6 +26,8 @@ from chestxray_tf.models import registry
 from chestxray_tf.training import checkpoints, data as data_lib
 
 SPLITS = ("test_fold", "official_test", "val")
+# Random placements of each region for the chance level of localization.
+CHANCE_DRAWS = 20
 
 
 @dataclasses.dataclass
@@ -73,12 +75,18 @@ def predict(model, config, image_ids, *, progress=True):
                        maps, images, size)
 
 
-def localization_overlaps(pred, region_threshold):
-    """(class_ids, iou, ior) over every (image, boxed class) pair of the predictions."""
+def localization_overlaps(pred, region_threshold, shift_rng=None):
+    """(class_ids, iou, ior) over every (image, boxed class) pair of the predictions.
+
+    With `shift_rng` (a numpy Generator), each region is first rolled by a random offset on
+    its grid (same shape and size, random place): the chance level of the model's regions.
+    """
     class_ids, ious, iors = [], [], []
     for index, class_map in pred.maps.items():
         for k in np.unique(pred.box_labels[index]):
             region = regions.map_to_region(class_map[..., k], region_threshold, keep="all")
+            if shift_rng is not None:
+                region = np.roll(region, shift_rng.integers(0, region.shape), axis=(0, 1))
             iou, ior = localization.iou_and_ior(region, pred.boxes[index][pred.box_labels[index]
                                                                           == k],
                                                 pred.image_size, pred.image_ids[index])
@@ -103,14 +111,26 @@ def compute_results(pred, config, split):
     }
     if config.eval.experiment:
         out["experiment"] = config.eval.experiment
+    thresholds = tuple(config.eval.iou_thresholds)
     class_ids, ious, iors = localization_overlaps(pred, config.eval.region_threshold)
     if len(class_ids):
-        thresholds = tuple(config.eval.iou_thresholds)
-        out["localization"] = {"inclusive": False}
-        for name, values in (("iou", ious), ("ior", iors)):
-            table = localization.localization_accuracy(class_ids, values, thresholds)
-            out["localization"][name] = results_lib.accuracy_tables(
-                table.per_class, thresholds, table.mean, table.counts)
+        out["localization"] = _accuracy(class_ids, ious, iors, thresholds)
+        rng = np.random.default_rng(0)
+        draws = [localization_overlaps(pred, config.eval.region_threshold, rng)
+                 for _ in range(CHANCE_DRAWS)]
+        out["localization_chance"] = _accuracy(
+            np.concatenate([d[0] for d in draws]), np.concatenate([d[1] for d in draws]),
+            np.concatenate([d[2] for d in draws]), thresholds, draws=CHANCE_DRAWS)
+    return out
+
+
+def _accuracy(class_ids, ious, iors, thresholds, draws=1):
+    """Localization accuracy tables; `draws` repeats of each pair count as one image."""
+    out = {"inclusive": False}
+    for name, values in (("iou", ious), ("ior", iors)):
+        table = localization.localization_accuracy(class_ids, values, thresholds)
+        out[name] = results_lib.accuracy_tables(table.per_class, thresholds, table.mean,
+                                                np.asarray(table.counts) // draws)
     return out
 
 

@@ -324,8 +324,9 @@ def report_markdown(title, header_lines, tables, all_metrics, figure_links, conf
     lines = [f"# {title}", ""] + header_lines + [""]
     if tables:
         lines += ["## The paper's tables", "",
-                  "Published rows as printed in the paper, then **this run** (a cross-"
-                  "validation: mean ± std over folds) and *Δ*, this run minus the paper's own "
+                  "Published rows as printed in the paper, then **this run** (for a cross-"
+                  "validation, the mean ± std over its folds) and *Δ*, this run minus the "
+                  "paper's own "
                   "row. \"—\": no value (e.g. no test image of the class, or a number the "
                   "paper does not give).", ""]
         for table in tables:

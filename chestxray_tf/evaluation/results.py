@@ -12,6 +12,8 @@ The evaluation code fills it (with `class_table` / `accuracy_tables` from the ou
         "ior": {"0.1": TABLE, ...},                # accuracy at T(IoR) = key
         "inclusive": False,  # a hit is overlap >= T (True) or overlap > T (False)
       },
+      "localization_chance": {...},  # as "localization", for the model's own regions moved
+                                     # to random places: what location alone is worth
       "average_iou": TABLE,  # IoU of the predicted box, averaged (Hermoza et al. Table 2)
       "cdice": TABLE,        # continuous Dice (Hermoza et al. Table 2, SPEC §5)
       "afp": {"0.3": TABLE, "0.5": TABLE},  # average false positives at T(IoU) (Sedai Table 1)
@@ -45,8 +47,8 @@ LOCALIZATION_METRICS = ("localization.iou", "localization.ior")
 THRESHOLDED_METRICS = LOCALIZATION_METRICS + ("afp",)
 # The metrics a published table can name; "localization.iou" is results["localization"]["iou"].
 METRICS = ("auc", "auc_exact", "average_iou", "cdice") + THRESHOLDED_METRICS
-RESULT_KEYS = ("auc", "auc_exact", "localization", "average_iou", "cdice", "afp", "thresholds",
-               "experiment", "split", "num_images")
+RESULT_KEYS = ("auc", "auc_exact", "localization", "localization_chance", "average_iou", "cdice",
+               "afp", "thresholds", "experiment", "split", "num_images")
 THRESHOLD_SELECTIONS = ("fixed", "validation", "test-tuned")
 
 
@@ -172,15 +174,16 @@ def normalize_results(results):
             out[key] = _normalize_table(results[key], f"results[{key!r}]")
     if "afp" in results:
         out["afp"] = _normalize_thresholded(results["afp"], "results['afp']")
-    if "localization" in results:
-        loc = results["localization"]
+    for name in ("localization", "localization_chance"):
+        if name not in results:
+            continue
+        loc = results[name]
         if not isinstance(loc, dict) or set(loc) - {"iou", "ior", "inclusive"}:
-            raise ValueError("results['localization'] must be a dict with 'iou', 'ior', "
-                             "'inclusive'")
-        out["localization"] = {k: _normalize_thresholded(loc[k], f"results['localization'][{k!r}]")
-                               for k in ("iou", "ior") if k in loc}
+            raise ValueError(f"results[{name!r}] must be a dict with 'iou', 'ior', 'inclusive'")
+        out[name] = {k: _normalize_thresholded(loc[k], f"results[{name!r}][{k!r}]")
+                     for k in ("iou", "ior") if k in loc}
         if "inclusive" in loc:
-            out["localization"]["inclusive"] = bool(loc["inclusive"])
+            out[name]["inclusive"] = bool(loc["inclusive"])
     if "thresholds" in results:
         out["thresholds"] = _normalize_selection(results["thresholds"])
     for key in ("experiment", "split"):

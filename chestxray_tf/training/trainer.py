@@ -20,11 +20,11 @@ from `chestxray_tf.models.registry`) on the images the config's protocol selects
 """
 
 import json
-import logging
 import math
 import os
 import time
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
@@ -145,7 +145,9 @@ class Trainer:
 
         @tf.function
         def train_step(iterator):
-            logs = strategy.run(replica_step, args=(next(iterator),))
+            # Strings stay out of the step: XLA takes no string arguments.
+            batch = {k: v for k, v in next(iterator).items() if k != "image_id"}
+            logs = strategy.run(replica_step, args=(batch,))
             return {k: strategy.reduce("SUM", v, axis=None) for k, v in logs.items()}
 
         return train_step

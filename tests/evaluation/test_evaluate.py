@@ -51,6 +51,9 @@ def test_files_and_keys(evaluated, trained_run, nih_source):
         ior = results["localization"]["ior"]["0.1"]["per_class"].get(name)
         if iou is not None:
             assert ior >= iou
+    chance = results["localization_chance"]
+    assert chance["iou"]["0.1"]["counts"] == counts
+    assert set(chance["ior"]) == set(results["localization"]["ior"])
     galleries = [n for n in os.listdir(out) if n.startswith("heatmaps_")]
     assert galleries and all(n[len("heatmaps_"):-4] in BOXED_CLASSES for n in galleries)
     report_md = open(evaluated["markdown"]).read()
@@ -84,12 +87,32 @@ def test_corrupt_checkpoint_is_a_clear_error(trained_run, tmp_path):
         evaluate.evaluate(str(workdir), str(tmp_path / "nowhere" / "ckpt-3"), progress=False)
 
 
-def test_cli_evaluate(trained_run, tmp_path):
+def test_cli_evaluate_official_test_split(trained_run, tmp_path, nih_source):
     workdir = tmp_path / "run"
     shutil.copytree(trained_run, workdir)
     result = subprocess.run(
         [sys.executable, "-m", "chestxray_tf.cli.evaluate", f"--workdir={workdir}",
-         "--checkpoint=latest", "--split=test_fold"], capture_output=True, text=True,
+         "--checkpoint=latest", "--split=official_test"], capture_output=True, text=True,
         timeout=300, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (workdir / "eval" / "report.md").exists()
+    with open(workdir / "eval" / "report.json") as f:
+        results = json.load(f)["results"]
+    official_test = nih.read_image_list(nih_source / "test_list.txt")
+    assert results["split"] == "official_test"
+    assert results["num_images"] == len(official_test)
+
+
+def test_chance_level_moves_the_region():
+    """A region that is exactly the box: placed at random on the 4x4 grid it only hits
+    (IoU 1) when not moved, so its chance accuracy at T(IoU) = 0.9 is far below 1."""
+    class_map = np.zeros((4, 4, 14), np.float32)
+    class_map[1, 2, 0] = 0.9
+    pred = evaluate.Predictions(["a.png"], np.zeros((1, 14)), np.ones((1, 14)) * 0.5,
+                                [np.array([[32.0, 16.0, 16.0, 16.0]])], [np.array([0])],
+                                {0: class_map}, {0: np.zeros((64, 64))}, 64)
+    ids, ious, _ = evaluate.localization_overlaps(pred, 0.5)
+    np.testing.assert_allclose(ious, [1.0])
+    rng = np.random.default_rng(0)
+    moved = [evaluate.localization_overlaps(pred, 0.5, rng)[1][0] for _ in range(64)]
+    assert set(np.round(moved, 6)) <= {0.0, 1.0}
+    assert 0 < np.mean(moved) < 0.3

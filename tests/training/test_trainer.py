@@ -158,3 +158,18 @@ def test_mirrored_step_equals_the_single_device_step(built_set, tmp_path):
     assert abs(single - mirrored) <= 1e-4 * max(1.0, abs(single)), result
     assert result["max_grad"] > 0
     assert result["max_grad_diff"] <= 1e-4, result
+
+
+@pytest.mark.slow
+def test_xla_step_matches_the_plain_step(built_set, tmp_path):
+    """`train.jit_compile=True` compiles the replica step with XLA: same loss, same weights."""
+    results = []
+    for jit in (False, True):
+        config = tiny_config(built_set, num_steps=3, num_val_images=0, jit_compile=jit,
+                             optimizer="sgd", momentum=0.0)
+        run = trainer.Trainer(config, str(tmp_path / f"jit_{jit}"))
+        logs = run.run()
+        results.append((logs["loss"], run.model.get_weights()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
