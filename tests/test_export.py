@@ -13,6 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from chestxray_tf import export
+from chestxray_tf import io as io_lib
 from chestxray_tf.data import pipeline
 from chestxray_tf.training import checkpoints
 
@@ -23,7 +24,7 @@ FRESH_PROCESS = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     loaded = tf.saved_model.load(sys.argv[1])
-    pngs = [tf.io.read_file(f"{sys.argv[2]}/image_{i}.png") for i in range(2)]
+    pngs = [tf.io.read_file(f"{sys.argv[2]}/image_{i}.png") for i in range(3)]
     encoded = loaded.signatures["serving_default"](images=tf.stack(pngs))
     pixels = loaded.signatures["serving_float"](
         pixels=tf.constant(np.load(f"{sys.argv[2]}/pixels.npy")))
@@ -33,20 +34,77 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
+def region_boxes_reference(maps, threshold, sizes):
+    """Per image and class, cell by cell: the bounding box of the cells > threshold on the
+    padded square (cell (r, c) of h x w covers [r S / h, (r + 1) S / h) x [c S / w, ...)),
+    moved to the input frame (the padding `top = (S - H) // 2`, `left = (S - W) // 2` taken
+    off), normalised by (H, W) and clipped to [0, 1]; the largest value; zeros if none."""
+    batch, rows, cols, classes = maps.shape
+    boxes, scores = np.zeros((batch, classes, 4)), np.zeros((batch, classes))
+    for b in range(batch):
+        height, width = sizes[b]
+        side = max(height, width)
+        top, left = (side - height) // 2, (side - width) // 2
+        for k in range(classes):
+            cells = [(r, c) for r in range(rows) for c in range(cols)
+                     if maps[b, r, c, k] > threshold]
+            if not cells:
+                continue
+            scores[b, k] = max(maps[b, r, c, k] for r, c in cells)
+            r0, r1 = min(r for r, _ in cells), max(r for r, _ in cells) + 1
+            c0, c1 = min(c for _, c in cells), max(c for _, c in cells) + 1
+            corners = [(r0 * side / rows - top) / height, (c0 * side / cols - left) / width,
+                       (r1 * side / rows - top) / height, (c1 * side / cols - left) / width]
+            boxes[b, k] = [min(max(v, 0.0), 1.0) for v in corners]
+    return boxes, scores
+
+
+def test_region_boxes_hand_checked():
+    # One 4 x 4 map of one class on a 40 x 80 image (H x W): square S = 80, top = 20.
+    maps = np.zeros((1, 4, 4, 2), np.float32)
+    maps[0, 1, 2, 0] = 0.7
+    maps[0, 2, 3, 0] = 0.9       # class 0: rows 1-2, cols 2-3; class 1: nothing
+    maps[0, 0, 0, 1] = 0.5       # not > 0.5
+    boxes, scores = export.region_boxes(maps, 0.5)
+    np.testing.assert_allclose(boxes[0], [[0.25, 0.5, 0.75, 1.0], [0, 0, 0, 0]])
+    np.testing.assert_allclose(scores[0], [0.9, 0.0])
+    moved = export.boxes_to_input_frame(boxes, tf.constant([[40, 80]]))
+    # y: 0.25 * 80 = 20 -> (20 - 20) / 40 = 0; 0.75 * 80 = 60 -> 40 / 40 = 1.
+    np.testing.assert_allclose(moved[0], [[0.0, 0.5, 1.0, 1.0], [0, 0, 0, 0]])
+
+
+def test_region_boxes_random_maps_match_the_reference():
+    rng = np.random.default_rng(4)
+    maps = rng.uniform(0, 1, (5, 6, 7, 3)).astype(np.float32) ** 4   # sparse above 0.5
+    maps[1] = 0.1                                                      # an image without regions
+    sizes = np.array([[30, 30], [30, 50], [50, 30], [17, 64], [64, 9]], np.int32)
+    boxes, scores = export.region_boxes(maps, 0.5)
+    moved = export.boxes_to_input_frame(boxes, tf.constant(sizes))
+    expected_boxes, expected_scores = region_boxes_reference(maps, 0.5, sizes)
+    assert expected_scores.any() and not expected_scores[1].any()
+    np.testing.assert_allclose(moved, expected_boxes, atol=1e-6)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-7)
+
+
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
     config, model, _ = checkpoints.restore_model(str(trained_run))
     out = tmp_path_factory.mktemp("export") / "saved_model"
-    export.export_saved_model(model, config, str(out))
+    # A threshold that some patches of the barely trained model pass: its median on a mid-grey
+    # image (the regions are compared exactly, whatever passes).
+    grey = tf.zeros([1, config.data.image_size, config.data.image_size, 3])
+    threshold = float(np.median(model(grey, training=False)["patch_probs"]))
+    export.export_saved_model(model, config, str(out), region_threshold=threshold)
     return config, model, out
 
 
 def test_saved_model_in_a_fresh_process_matches_keras(exported, tmp_path):
     config, model, out = exported
     rng = np.random.default_rng(0)
-    # Two grey images of other sizes than the model's (the signature resizes them).
+    # Grey images of other sizes than the model's (the signature pads and resizes them).
     grey = [rng.integers(0, 256, (96, 96), dtype=np.uint8),
-            rng.integers(0, 256, (50, 50), dtype=np.uint8)]
+            rng.integers(0, 256, (50, 50), dtype=np.uint8),
+            rng.integers(0, 256, (40, 72), dtype=np.uint8)]
     pixels = rng.integers(0, 256, (2, 80, 80, 1)).astype(np.float32)
     for i, g in enumerate(grey):
         Image.fromarray(g).save(tmp_path / f"image_{i}.png")
@@ -62,7 +120,9 @@ def test_saved_model_in_a_fresh_process_matches_keras(exported, tmp_path):
     served = np.load(tmp_path / "outputs.npz")
 
     size, norm = config.data.image_size, config.data.normalization
-    encoded_batch = tf.stack([pipeline.preprocess_image(g[..., None], size, norm) for g in grey])
+    # The signature pads as chestxray_tf.io does (centred, black).
+    encoded_batch = tf.stack([pipeline.preprocess_image(io_lib.pad_to_square(g[..., None])[0],
+                                                        size, norm) for g in grey])
     float_batch = tf.stack([pipeline.preprocess_image(tf.cast(p, tf.uint8), size, norm)
                             for p in pixels])
     for prefix, batch in (("encoded_", encoded_batch), ("float_", float_batch)):
@@ -70,6 +130,24 @@ def test_saved_model_in_a_fresh_process_matches_keras(exported, tmp_path):
         for key in ("image_probs", "patch_probs"):
             np.testing.assert_allclose(served[prefix + key], expected[key], rtol=1e-5,
                                        atol=1e-6)
+    threshold = export.read_metadata(str(out))["region_threshold"]
+    for prefix, sizes in (("encoded_", [g.shape for g in grey]), ("float_", [(80, 80)] * 2)):
+        boxes, scores = region_boxes_reference(served[prefix + "patch_probs"], threshold, sizes)
+        assert scores.any() and not scores.all()
+        np.testing.assert_allclose(served[prefix + "region_boxes"], boxes, atol=1e-6)
+        np.testing.assert_allclose(served[prefix + "region_scores"], scores, atol=1e-7)
+
+
+def test_metadata_names_the_outputs(exported):
+    config, _, out = exported
+    metadata = export.read_metadata(str(out))
+    assert metadata["class_names"][:2] == ["Atelectasis", "Cardiomegaly"]
+    assert len(metadata["class_names"]) == config.model.num_classes
+    assert (metadata["map_key"], metadata["score_key"]) == ("patch_probs", "image_probs")
+    assert metadata["image_size"] == config.data.image_size
+    assert 0 < metadata["region_threshold"] < 1
+    with pytest.raises(FileNotFoundError, match="not written by chestxray_tf.export"):
+        export.read_metadata(str(out / "variables"))
 
 
 def test_variables_are_stored_once(exported):

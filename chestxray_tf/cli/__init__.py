@@ -1,4 +1,4 @@
-"""Thin absl binaries: train, evaluate, cv, export, demo."""
+"""Thin absl binaries: train, evaluate, cv, export, predict, demo."""
 
 import logging
 

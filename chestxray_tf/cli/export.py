@@ -11,6 +11,8 @@ from chestxray_tf.training import checkpoints
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's --workdir.")
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel folder (default: WORKDIR/export).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path.")
+_THRESHOLD = flags.DEFINE_float("region_threshold", None, "Map threshold of the region_boxes "
+                                "output (default: the run's config.eval.region_threshold).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -20,7 +22,7 @@ def main(argv):
     cli.quiet_tensorflow()
     config, model, path = checkpoints.restore_model(_WORKDIR.value, _CHECKPOINT.value)
     output = _OUTPUT.value or os.path.join(_WORKDIR.value, "export")
-    export.export_saved_model(model, config, output)
+    export.export_saved_model(model, config, output, region_threshold=_THRESHOLD.value)
     logging.info("exported %s to %s", path, output)
     print(f"SavedModel of {path} written to {output}")
 

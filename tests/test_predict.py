@@ -1,0 +1,278 @@
+"""chestxray_tf/predict.py and cli/predict.py: findings, regions in original pixels, overlays,
+summary.csv, per-file errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGLSLossless
+
+from chestxray_tf import export, predict
+from chestxray_tf import io as io_lib
+from chestxray_tf.data import pipeline
+from chestxray_tf.labels import CLASS_NAMES
+from chestxray_tf.training import checkpoints, defaults
+from test_io import write_dicom
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE, GRID = 64, 8  # the stub's input size and map grid: 8 x 8 cells of 8 px
+# Class k's map is the stub's cell brightness times WEIGHTS[k]: class 0 is the brightest.
+WEIGHTS = np.linspace(1.0, 0.35, len(CLASS_NAMES)).astype(np.float32)
+
+
+def build_stub():
+    """A model whose map is known: patch_probs[r, c, k] = WEIGHTS[k] x the mean brightness in
+    [0, 1] of cell (r, c) of the input; image_probs[k] = the largest cell of map k."""
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    brightness = keras.layers.Lambda(lambda x: (x[..., :1] + 1.0) / 2.0)(image)
+    cells = keras.layers.AveragePooling2D(SIZE // GRID)(brightness)
+    maps = keras.layers.Lambda(lambda c: c * keras.ops.convert_to_tensor(WEIGHTS),
+                               name="patch_probs")(cells)
+    probs = keras.layers.Lambda(lambda m: keras.ops.max(m, axis=(1, 2)), name="image_probs")(maps)
+    return keras.Model(image, {"patch_probs": maps, "image_probs": probs})
+
+
+@pytest.fixture(scope="module")
+def stub_saved_model(tmp_path_factory):
+    config = defaults.base_config()
+    config.data.image_size = SIZE
+    out = tmp_path_factory.mktemp("stub") / "saved_model"
+    export.export_saved_model(build_stub(), config, str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def stub_predictor(stub_saved_model):
+    return predict.load_predictor(str(stub_saved_model))
+
+
+def bright_square(height, width, rows, cols):
+    pixels = np.zeros((height, width), np.uint8)
+    pixels[rows[0]:rows[1], cols[0]:cols[1]] = 255
+    return pixels
+
+
+def run(predictor, tmp_path, **kwargs):
+    summary = predict.predict_files(predictor, str(tmp_path / "in"), str(tmp_path / "out"),
+                                    progress=False, **kwargs)
+    return summary, tmp_path / "out"
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("height, width, rows, cols, box", [
+    # Wide: padded 12 rows above; the square covers cells rows 2-3, cols 5-6 of the 64 square.
+    (40, 64, (4, 20), (40, 56), [40, 4, 16, 16]),
+    # Tall: padded 20 columns on the left; cells rows 1-2, cols 3-4.
+    (64, 24, (8, 24), (4, 20), [4, 8, 16, 16]),
+    # Wide and resized 160 -> 64 (cells of 20 px of the square, top = 32): the square lies on
+    # 90% of cell row 2, all of row 3, 10% of row 4, so the region is rows 2-3 = y 8..48.
+    (96, 160, (10, 50), (100, 140), [100, 8, 40, 40]),
+])
+def test_region_lands_on_the_bright_square_of_a_non_square_image(
+        stub_predictor, tmp_path, height, width, rows, cols, box):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(bright_square(height, width, rows, cols)).save(tmp_path / "in" / "scan.png")
+    summary, out = run(stub_predictor, tmp_path)
+    assert summary.num_failed == 0
+    found = read_json(out / "scan.json")
+    assert found["image"]["width"] == width and found["image"]["height"] == height
+    atelectasis = found["classes"]["Atelectasis"]
+    assert len(atelectasis["regions"]) == 1
+    np.testing.assert_allclose(atelectasis["regions"][0]["box"], box, atol=1e-4)
+    assert atelectasis["regions"][0]["score"] == pytest.approx(atelectasis["probability"])
+
+
+def test_json_contents(stub_predictor, stub_saved_model, tmp_path):
+    (tmp_path / "in").mkdir()
+    # Two bright squares of different brightness on a 40 x 64 image (top padding 12).
+    pixels = bright_square(40, 64, (4, 20), (40, 56))
+    pixels[20:36, 0:16] = 204  # cells of brightness 0.8
+    Image.fromarray(pixels).save(tmp_path / "in" / "scan.png")
+    run(stub_predictor, tmp_path, threshold=0.62, top_k=2)
+    found = read_json(tmp_path / "out" / "scan.json")
+    assert found["file"] == "scan.png" and found["threshold"] == 0.62
+    assert found["model"] == {
+        "type": "saved_model", "path": str(stub_saved_model),
+        "fingerprint": tf.saved_model.experimental.read_fingerprint(
+            str(stub_saved_model)).singleprint()}
+    assert found["image"]["padding"]["top"] == 12 and found["image"]["format"] == "png"
+    assert found["findings"] == ["Atelectasis", "Cardiomegaly"]
+    assert list(found["classes"]) == list(CLASS_NAMES)
+    for k, name in enumerate(CLASS_NAMES):
+        entry = found["classes"][name]
+        assert entry["probability"] == pytest.approx(WEIGHTS[k], rel=1e-5)
+        # The regions of class k are the squares whose cells exceed 0.62 after the weight.
+        expected = []
+        if WEIGHTS[k] > 0.62:
+            expected.append(([40, 4, 16, 16], WEIGHTS[k]))
+        if 0.8 * WEIGHTS[k] > 0.62:
+            expected.append(([0, 20, 16, 16], 0.8 * WEIGHTS[k]))
+        assert len(entry["regions"]) == len(expected), name
+        for region, (box, score) in zip(entry["regions"], expected):
+            np.testing.assert_allclose(region["box"], box, atol=1e-4)
+            assert region["score"] == pytest.approx(score, rel=1e-5)
+
+
+def test_classes_aliases_and_top_k(stub_predictor, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(bright_square(32, 32, (8, 16), (8, 16))).save(tmp_path / "in" / "a.png")
+    summary, out = run(stub_predictor, tmp_path, classes=["Nodule", "Infiltrate", "Hernia"],
+                       top_k=1)
+    found = read_json(out / "a.json")
+    assert list(found["classes"]) == ["Nodule", "Infiltration", "Hernia"]
+    assert found["findings"] == ["Infiltration"]  # the highest of the three
+    with open(summary.csv_path, newline="") as f:
+        header = next(csv.reader(f))
+    assert header[-3:] == ["Nodule", "Infiltration", "Hernia"]
+    with pytest.raises(ValueError, match="unknown class 'Flu'"):
+        run(stub_predictor, tmp_path, classes=["Flu"])
+    with pytest.raises(ValueError, match="top_k"):
+        run(stub_predictor, tmp_path, top_k=0)
+    with pytest.raises(ValueError, match="threshold"):
+        run(stub_predictor, tmp_path, threshold=1.5)
+
+
+def test_overlay_has_a_panel_per_finding(stub_predictor, tmp_path):
+    (tmp_path / "in").mkdir()
+    # Larger than OVERLAY_MAX_SIDE: drawn scaled down.
+    pixels = bright_square(600, 900, (100, 300), (500, 700))
+    Image.fromarray(pixels).save(tmp_path / "in" / "big.png")
+    run(stub_predictor, tmp_path, top_k=3)
+    with Image.open(tmp_path / "out" / "big.png") as overlay:
+        # figures.plot_heatmap_gallery: 3 inches a column at 100 dpi.
+        assert overlay.size[0] == 3 * 300
+        rgb = np.asarray(overlay.convert("RGB")).astype(int)
+    # The heat map is drawn: red-ish pixels (jet colour map over the bright square).
+    assert ((rgb[..., 0] > 150) & (rgb[..., 2] < 150)).any()
+
+
+def test_monochrome1_dicom_region_in_original_pixels(stub_predictor, tmp_path):
+    (tmp_path / "in").mkdir()
+    # MONOCHROME1: low stored values are bright; a 40 x 64 image, the lesion at x 40, y 4.
+    stored = np.full((40, 64), 4000, np.uint16)
+    stored[4:20, 40:56] = 0
+    write_dicom(tmp_path / "in" / "scan.dcm", stored, "MONOCHROME1", rescale=(1.0, -1024.0))
+    run(stub_predictor, tmp_path)
+    found = read_json(tmp_path / "out" / "scan.json")
+    assert found["image"]["format"] == "dicom" and found["image"]["photometric"] == "MONOCHROME1"
+    np.testing.assert_allclose(found["classes"]["Atelectasis"]["regions"][0]["box"],
+                               [40, 4, 16, 16], atol=1e-4)
+
+
+def test_find_regions_sorts_and_leaves_out_the_padding():
+    padding = io_lib.Padding(top=2, left=0, height=4, width=8)  # an 8 x 8 square, rows 2-5
+    grid = np.zeros((8, 8))
+    grid[2, 0:2] = 0.7      # region A, rows 2 of the square -> y 0 of the original
+    grid[4:6, 5] = 0.9      # region B
+    grid[7, 7] = 0.99       # wholly in the bottom padding (rows 6-7)
+    found = predict.find_regions(grid, 0.5, padding)
+    assert [r["score"] for r in found] == [0.9, 0.7]
+    np.testing.assert_allclose([r["box"] for r in found], [[5, 2, 1, 2], [0, 0, 2, 1]])
+
+
+def test_find_inputs_and_output_names(tmp_path):
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    (root / "out").mkdir()
+    for name in ("a.png", "a.dcm", "b.JPG", "IM0001", "notes.txt", ".DS_Store", "DICOMDIR",
+                 "sub/c.jpeg", ".hidden/d.png", "out/a.png"):
+        (root / name).write_bytes(b"x")
+    files, skipped = predict.find_inputs(str(root), exclude=str(root / "out"))
+    relative = [os.path.relpath(f, root) for f in files]
+    assert relative == ["IM0001", "a.dcm", "a.png", "b.JPG", "sub/c.jpeg"]
+    assert sorted(os.path.relpath(f, root) for f in skipped) == [
+        ".DS_Store", ".hidden", "DICOMDIR", "notes.txt", "out"]
+    assert predict.output_names(files, str(root)) == ["IM0001", "a.dcm", "a.png", "b", "sub/c"]
+    assert predict.find_inputs(str(root / "a.png")) == ([str(root / "a.png")], [])
+    with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
+        predict.find_inputs(str(root / "missing"))
+
+
+def test_workdir_predictor_matches_the_keras_model(trained_run, tmp_path):
+    predictor = predict.load_predictor(str(trained_run))
+    config, model, path = checkpoints.restore_model(str(trained_run))
+    assert predictor.model_id == {"type": "checkpoint", "path": path,
+                                  "workdir": str(trained_run)}
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 80), dtype=np.uint8)
+    scan = io_lib.Scan(pixels=pixels, source={})
+    prediction = predict.predict_scan(predictor, scan, 0.5, [0, 1])
+    square, _ = io_lib.pad_to_square(pixels)
+    expected = model(pipeline.preprocess_image(square[None, :, :, None], config.data.image_size,
+                                               config.data.normalization), training=False)
+    np.testing.assert_allclose(prediction.probs, expected["image_probs"][0], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(prediction.maps, expected["patch_probs"][0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="neither an exported SavedModel"):
+        predict.load_predictor(str(tmp_path))
+
+
+def write_batch(root):
+    """Three good files (PNG, JPEG, DICOM) and each kind of bad one, plus a skipped text file."""
+    (root / "sub").mkdir(parents=True)
+    pixels = bright_square(40, 64, (4, 20), (40, 56))
+    Image.fromarray(pixels).save(root / "good.png")
+    Image.fromarray(pixels).save(root / "sub" / "good.jpg", quality=95)
+    write_dicom(root / "sub" / "good.dcm", pixels.astype(np.uint16) * 16)
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.jpg").write_text("not an image")
+    write_dicom(root / "nopixels.dcm", np.zeros((4, 4), np.uint16), pixel_data=False)
+    write_dicom(root / "jpegls.dcm", np.zeros((4, 4), np.uint16), syntax=JPEGLSLossless,
+                pixel_data=encapsulate([b"\x00" * 16]))
+    (root / "notes.txt").write_text("skipped")
+
+
+def test_cli_batch_goes_on_and_exit_code_counts_failures(stub_saved_model, tmp_path):
+    write_batch(tmp_path / "in")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "chestxray_tf.cli.predict", f"--model={stub_saved_model}",
+         f"--input={tmp_path / 'in'}", f"--output={out}", "--top_k=2"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "3 of 7 images predicted, 4 failed" in result.stdout
+    assert "notes.txt" in result.stdout  # listed as skipped
+    with open(out / "summary.csv", newline="") as f:
+        rows = {row["file"]: row for row in csv.DictReader(f)}
+    assert sorted(rows) == sorted(["empty.png", "jpegls.dcm", "nopixels.dcm", "good.png",
+                                   "sub/good.dcm", "sub/good.jpg", "text.jpg"])
+    assert [r["status"] for r in rows.values()].count("error") == 4
+    assert rows["empty.png"]["error"].endswith("empty.png: empty file")
+    assert "not a PNG, JPEG or DICOM image" in rows["text.jpg"]["error"]
+    assert "no pixel data" in rows["nopixels.dcm"]["error"]
+    assert "JPEG-LS" in rows["jpegls.dcm"]["error"]
+    for name in ("good", "sub/good.jpg", "sub/good.dcm"):  # sub/good.* differ by suffix only
+        found = read_json(out / f"{name}.json")
+        assert found["findings"] == ["Atelectasis", "Cardiomegaly"]
+        np.testing.assert_allclose(found["classes"]["Atelectasis"]["regions"][0]["box"],
+                                   [40, 4, 16, 16], atol=1e-4)
+        assert (out / f"{name}.png").exists()
+        row = rows[found["file"]]
+        assert row["status"] == "ok" and row["findings"].startswith("Atelectasis")
+        assert float(row["Atelectasis"]) == pytest.approx(
+            found["classes"]["Atelectasis"]["probability"], abs=1e-6)
+    assert not (out / "empty.json").exists()
+
+
+def test_cli_exit_code_zero_when_all_succeed(stub_saved_model, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(bright_square(32, 32, (0, 8), (0, 8))).save(tmp_path / "in" / "ok.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "chestxray_tf.cli.predict", f"--model={stub_saved_model}",
+         f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 of 1 images predicted, 0 failed" in result.stdout
