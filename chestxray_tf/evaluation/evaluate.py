@@ -174,6 +174,8 @@ def evaluate(workdir, checkpoint="latest", split="test_fold", progress=True):
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     results = compute_results(pred, config, split)
-    paths = report.write_report(out_dir, results, config.model.name, config=config.to_dict(),
+    paper = registry.get_paper(config.model.name)
+    paths = report.write_report(out_dir, results, paper.published or config.model.name,
+                                config=config.to_dict(),
                                 checkpoint=path, figures=write_figures(pred, config, out_dir))
     return {**paths, "out_dir": out_dir}

@@ -9,7 +9,9 @@ paper.
 import dataclasses
 from typing import Callable
 
+from chestxray_tf.losses.bce import bce_loss
 from chestxray_tf.losses.li2018 import li2018_loss
+from chestxray_tf.models.baseline import build_baseline
 from chestxray_tf.models.layers import synchronize_batch_norm
 from chestxray_tf.models.li2018 import build_li2018
 
@@ -22,11 +24,14 @@ class Paper:
     make_loss: config -> loss_fn(batch, outputs) -> (per-example loss [B], {term: [B]}).
     map_key: the output holding the localization maps [B, h, w, K] in [0, 1].
     score_key: the output holding the image-level probabilities [B, K].
+    published: the file of `chestxray_tf/evaluation/published/` whose tables the evaluation
+        report compares with ("" = the paper's own name).
     """
     build_model: Callable
     make_loss: Callable
     map_key: str
     score_key: str = "image_probs"
+    published: str = ""
 
 
 def _li2018_model(config, pretrained):
@@ -44,8 +49,25 @@ def _li2018_loss(config):
     return loss_fn
 
 
+def _baseline_model(config, pretrained):
+    return build_baseline(image_size=config.data.image_size,
+                          num_classes=config.model.num_classes, backbone=config.model.backbone,
+                          weights=config.model.weights if pretrained else None,
+                          weight_decay=config.model.weight_decay)
+
+
+def _baseline_loss(config):
+    def loss_fn(batch, outputs):
+        loss = bce_loss(batch["labels"], outputs["image_probs"])
+        return loss, {"image_term": loss}
+    return loss_fn
+
+
 PAPERS = {
     "li2018": Paper(build_model=_li2018_model, make_loss=_li2018_loss, map_key="patch_probs"),
+    # The "reference" of Li et al. Table 1: global pooling + dense sigmoid, plain BCE.
+    "baseline": Paper(build_model=_baseline_model, make_loss=_baseline_loss, map_key="cam",
+                      published="li2018"),
 }
 
 

@@ -116,3 +116,18 @@ def test_chance_level_moves_the_region():
     moved = [evaluate.localization_overlaps(pred, 0.5, rng)[1][0] for _ in range(64)]
     assert set(np.round(moved, 6)) <= {0.0, 1.0}
     assert 0 < np.mean(moved) < 0.3
+
+
+def test_another_model_evaluates_through_the_same_path(built_set, tmp_path):
+    """The global-pooling baseline (map key "cam", a 2x2 CAM at 64 px) trains and evaluates
+    with the same code, against Li et al.'s published tables."""
+    from chestxray_tf.training import trainer
+    from tiny import tiny_config
+    config = tiny_config(built_set, num_steps=2, num_val_images=0)
+    config.model.name = "baseline"
+    trainer.train(config, str(tmp_path))
+    paths = evaluate.evaluate(str(tmp_path), "latest", "test_fold", progress=False)
+    with open(paths["json"]) as f:
+        report = json.load(f)
+    assert report["paper"] == "li2018" and report["config"]["model"]["name"] == "baseline"
+    assert "localization" in report["results"]
