@@ -15,7 +15,9 @@ loss averaged over the global batch, the model's L2 penalties, Adam) on the same
 
 Both steps alternate window by window (so a change of load on a shared machine hits both), after
 `--warmup_steps` untimed steps; each rate is the median over `--windows` windows of at least
-`--window_seconds` each. Ratio = li img/s / bare img/s (target >= 0.9).
+`--window_seconds` each. Ratio = li img/s / bare img/s (target >= 0.9). The process CPU time
+per step (user + system, all threads) is reported too: on a machine shared with other jobs the
+wall-clock rates follow their load, the CPU time much less.
 
 A breakdown times forward + backward of the parts the two models do not share, on random
 backbone features: patch slicing, the recognition head, the MIL loss, and the bare model's
@@ -48,13 +50,15 @@ _IMAGE_SIZES = flags.DEFINE_list("image_sizes", ["512", "256"], "Image sides to 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Batch size of the timed steps.")
 _BACKBONE = flags.DEFINE_string("backbone", "resnet_v2_50", "Backbone name (models.backbones).")
 _GRID = flags.DEFINE_integer("grid", 16, "P of the patch grid.")
-_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per model and setting "
-                                     "(the first traces and compiles).")
-_WINDOWS = flags.DEFINE_integer("windows", 4, "Timed windows per model and setting.")
-_WINDOW_SECONDS = flags.DEFINE_float("window_seconds", 6.0, "Minimum length of a window.")
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 1, "Untimed calls per model (or part) "
+                                     "and setting (the first traces and compiles).")
+_WINDOWS = flags.DEFINE_integer("windows", 3, "Timed windows per model (or part) and setting.")
+_WINDOW_SECONDS = flags.DEFINE_float("window_seconds", 5.0, "Minimum length of a step window.")
+_PART_WINDOW_SECONDS = flags.DEFINE_float("part_window_seconds", 1.5,
+                                          "Minimum length of a window of the breakdown.")
 _MEMORY_IMAGE_SIZE = flags.DEFINE_integer("memory_image_size", 512, "Image side of the RSS runs.")
 _MEMORY_BATCH_SIZE = flags.DEFINE_integer("memory_batch_size", 5, "Batch size of the RSS runs.")
-_MEMORY_STEPS = flags.DEFINE_integer("memory_steps", 3, "Training steps of each RSS run.")
+_MEMORY_STEPS = flags.DEFINE_integer("memory_steps", 2, "Training steps of each RSS run.")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: 128 px, resnet_v2_tiny, short windows.")
 _MEMORY_CHILD = flags.DEFINE_enum("memory_child", None, ["li", "bare"],
                                   "Internal: be the RSS subprocess for this model.")
@@ -62,6 +66,13 @@ _JIT = flags.DEFINE_bool("jit", False, "Internal: XLA setting of the RSS subproc
 
 MODELS = ("li", "bare")
 JIT_SETTINGS = (False, True)
+_START = time.perf_counter()
+
+
+def progress(message):
+    """Prints `message` with the time since start and the 1-minute load average."""
+    print(f"[{time.perf_counter() - _START:5.0f} s, load {os.getloadavg()[0]:.1f}] {message}",
+          flush=True)
 
 
 def make_config(image_size, batch_size, jit_compile):
@@ -143,30 +154,34 @@ def train_steps(step, iterator, n):
     return logs
 
 
-def window_seconds_per_call(fn):
-    """Calls `fn` until `--window_seconds` have passed: seconds per call."""
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < _WINDOW_SECONDS.value:
+def window_per_call(fn, seconds):
+    """Calls `fn` until `seconds` of wall time have passed: {"wall", "cpu"} seconds per call,
+    "cpu" being this process's user + system time summed over its threads."""
+    calls, wall, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall < seconds:
         fn()
         calls += 1
-    return (time.perf_counter() - start) / calls
+    return {"wall": (time.perf_counter() - wall) / calls,
+            "cpu": (time.process_time() - cpu) / calls}
 
 
-def median_seconds_per_call(fns):
-    """{name: median seconds per call} of zero-argument callables, timed window by window in
-    turn (after `--warmup_steps` untimed calls each)."""
+def median_per_call(fns, seconds):
+    """{name: {"wall", "cpu"}}: median seconds per call of zero-argument callables, timed in
+    turn in windows of at least `seconds` (after `--warmup_steps` untimed calls each)."""
     for fn in fns.values():
         for _ in range(_WARMUP_STEPS.value):
             fn()
     samples = {name: [] for name in fns}
     for _ in range(_WINDOWS.value):
         for name, fn in fns.items():
-            samples[name].append(window_seconds_per_call(fn))
-    return {name: statistics.median(values) for name, values in samples.items()}
+            samples[name].append(window_per_call(fn, seconds))
+    return {name: {clock: statistics.median(w[clock] for w in windows) for clock in ("wall", "cpu")}
+            for name, windows in samples.items()}
 
 
 def time_steps(image_size):
-    """{jit: {model: seconds per step}} at `image_size`, and the models."""
+    """{jit: {model: {"wall", "cpu"} seconds per step}} at `image_size`, the models and the
+    batch."""
     built = {}
     for name in MODELS:
         built[name] = build(name, make_config(image_size, _BATCH_SIZE.value, False))
@@ -178,9 +193,10 @@ def time_steps(image_size):
         for name, (model, loss_fn) in built.items():
             step, iterator = make_train_step(model, loss_fn, config), batch_iterator(batch)
             fns[name] = lambda step=step, iterator=iterator: train_steps(step, iterator, 1)
-        results[jit] = median_seconds_per_call(fns)
-        print(f"  {image_size} px, XLA {jit}: " + ", ".join(
-            f"{n} {s:.3f} s/step" for n, s in results[jit].items()), flush=True)
+        results[jit] = median_per_call(fns, _WINDOW_SECONDS.value)
+        progress(f"{image_size} px, XLA {jit}: " + ", ".join(
+            f"{n} {s['wall']:.2f} s/step ({s['cpu']:.2f} CPU s)"
+            for n, s in results[jit].items()))
     return results, built, batch
 
 
@@ -198,8 +214,8 @@ def _gradient_call(part, inputs, variables, jit):
 
 
 def time_parts(built, batch):
-    """{jit: {part: seconds}} of forward + backward of the parts the two models do not share,
-    on random backbone features of the timed batch."""
+    """{jit: {part: {"wall", "cpu"} seconds}} of forward + backward of the parts the two models
+    do not share, on random backbone features of the timed batch."""
     li, li_loss = built["li"]
     bare, _ = built["bare"]
     backbone = li.get_layer(_BACKBONE.value)
@@ -232,9 +248,12 @@ def time_parts(built, batch):
     }
     results = {}
     for jit in JIT_SETTINGS:
-        results[jit] = median_seconds_per_call({
+        results[jit] = median_per_call({
             name: _gradient_call(fn, x, variables, jit) for name, (fn, x, variables) in
-            parts.items()})
+            parts.items()}, _PART_WINDOW_SECONDS.value)
+        progress(f"parts, XLA {jit}: " + ", ".join(
+            f"{1000 * s['wall']:.1f} ms ({1000 * s['cpu']:.1f} CPU ms)"
+            for s in results[jit].values()))
     return results
 
 
@@ -273,7 +292,9 @@ def measure_memory(name, jit):
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"RSS run {' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    progress(f"RSS {name}, XLA {jit}: peak {result['peak_mb']:.0f} MB")
+    return result
 
 
 def _load():
@@ -286,26 +307,30 @@ def _xla(jit):
 
 def print_steps(steps):
     b = _BATCH_SIZE.value
-    print(f"\n| image px | XLA | li img/s | bare img/s | ratio li/bare | li s/step | "
-          f"bare s/step |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\nTraining steps, batch {b} (wall: images/s; CPU: process CPU seconds per step):\n")
+    print("| image px | XLA | li img/s | bare img/s | ratio li/bare | li CPU s/step | "
+          "bare CPU s/step | CPU ratio bare/li |")
+    print("|---|---|---|---|---|---|---|---|")
     for size, by_jit in steps.items():
         for jit, s in by_jit.items():
-            print(f"| {size} | {_xla(jit)} | {b / s['li']:.2f} | {b / s['bare']:.2f} | "
-                  f"{s['bare'] / s['li']:.3f} | {s['li']:.3f} | {s['bare']:.3f} |")
+            li, bare = s["li"], s["bare"]
+            print(f"| {size} | {_xla(jit)} | {b / li['wall']:.2f} | {b / bare['wall']:.2f} | "
+                  f"{bare['wall'] / li['wall']:.3f} | {li['cpu']:.2f} | {bare['cpu']:.2f} | "
+                  f"{bare['cpu'] / li['cpu']:.3f} |")
 
 
 def print_parts(parts, steps):
-    print("\nForward + backward of the parts that differ, ms per batch of "
-          f"{_BATCH_SIZE.value} (li - bare: the measured difference of the step times):\n")
+    print("\nForward + backward of the parts that differ, CPU ms per batch of "
+          f"{_BATCH_SIZE.value} (li - bare: the difference of the steps' CPU times):\n")
     names = list(next(iter(next(iter(parts.values())).values())))
     print("| image px | XLA | " + " | ".join(names) + " | li - bare step |")
     print("|---|---|" + "---|" * (len(names) + 1))
     for size, by_jit in parts.items():
         for jit, p in by_jit.items():
             s = steps[size][jit]
-            print(f"| {size} | {_xla(jit)} | " + " | ".join(f"{1000 * p[n]:.1f}" for n in names)
-                  + f" | {1000 * (s['li'] - s['bare']):.1f} |")
+            print(f"| {size} | {_xla(jit)} | "
+                  + " | ".join(f"{1000 * p[n]['cpu']:.1f}" for n in names)
+                  + f" | {1000 * (s['li']['cpu'] - s['bare']['cpu']):.0f} |")
 
 
 def print_memory(memory):
@@ -328,11 +353,11 @@ def main(argv):
         # tiny backbone's 1x1 stride-2 shortcut (8 input channels) corrupts the heap at odd
         # batch sizes (cf. uxlfoundation/oneDNN#6035); ResNet-v2-50 has no such convolution.
         for flag, value in (("image_sizes", ["128"]), ("backbone", "resnet_v2_tiny"),
-                            ("window_seconds", 0.5), ("windows", 2), ("warmup_steps", 1),
+                            ("window_seconds", 0.5), ("part_window_seconds", 0.2),
+                            ("windows", 2),
                             ("memory_image_size", 128), ("memory_batch_size", 4),
                             ("memory_steps", 2)):
             setattr(flags.FLAGS, flag, value)
-    start = time.perf_counter()
     print(f"{os.cpu_count()} cores, load average at start {_load()}; {_BACKBONE.value}, "
           f"P = {_GRID.value}, batch {_BATCH_SIZE.value}", flush=True)
     steps, parts = {}, {}
@@ -345,7 +370,7 @@ def main(argv):
     print_steps(steps)
     print_parts(parts, steps)
     print_memory(memory)
-    print(f"\nload average at end {_load()}; total {time.perf_counter() - start:.0f} s")
+    print(f"\nload average at end {_load()}; total {time.perf_counter() - _START:.0f} s")
 
 
 if __name__ == "__main__":

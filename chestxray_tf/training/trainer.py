@@ -70,8 +70,10 @@ def build_state(config, strategy, steps_per_epoch):
 
 
 def _learning_rate(optimizer):
+    # Through NumPy: float() of a Keras variable fails when it wraps a distributed variable
+    # (MirroredStrategy, MultiWorkerMirroredStrategy).
     lr = optimizer.learning_rate
-    return float(lr(optimizer.iterations) if callable(lr) else lr)
+    return float(keras.ops.convert_to_numpy(lr(optimizer.iterations) if callable(lr) else lr))
 
 
 class Trainer:
@@ -188,7 +190,12 @@ class Trainer:
     def run(self):
         """Trains until `config.train.num_steps`; returns the last logged values."""
         config = self.config.train
-        restored = self.manager.restore_or_initialize()
+        # Every worker resumes from the chief's checkpoint: a worker's own folder may be missing
+        # (a new machine) or behind (killed while saving), and workers at different steps would
+        # mix different weights in one all-reduce.
+        restored = tf.train.latest_checkpoint(os.path.join(self.workdir, CHECKPOINT_DIR))
+        if restored:
+            self.checkpoint.restore(restored)
         step = int(self.optimizer.iterations.numpy())
         if restored:
             logging.info("resumed from %s at step %d", restored, step)
