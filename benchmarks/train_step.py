@@ -137,7 +137,8 @@ def random_batch(config):
     has_box = labels * tf.cast(rng.uniform([b, k]) < 0.5, tf.float32)
     box_mask = tf.cast(rng.uniform([b, p, p, k]) < 0.2, tf.float32) * has_box[:, None, None, :]
     return {"image": rng.uniform([b, s, s, 3], -1.0, 1.0), "labels": labels,
-            "has_box": has_box, "box_mask": box_mask}
+            "has_box": has_box, "box_mask": box_mask, "image_id": tf.fill([b], "random"),
+            "skipped_records": tf.zeros([b], tf.int64)}
 
 
 def batch_iterator(batch):
@@ -150,7 +151,7 @@ def batch_iterator(batch):
 def train_steps(step, iterator, n):
     """Runs `n` steps, reading the logs back as the trainer does; returns the last logs."""
     for _ in range(n):
-        logs = {k: float(v) for k, v in step(iterator).items()}
+        logs = {k: float(v) for k, v in step(iterator)[0].items()}
     return logs
 
 

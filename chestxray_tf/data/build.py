@@ -362,6 +362,8 @@ def build(nih_dir, output_dir, *, image_size=512, num_shards=None, num_folds=5, 
     num_boxes = meta.boxes.groupby("image_id").size()
     table["num_boxes"] = num_boxes.reindex(table["image_id"]).fillna(0).astype(int).to_numpy()
     table["shard"] = table["image_id"].map(shard_of)
+    index_in_shard = {i: n for _, written, _ in results for n, i in enumerate(written)}
+    table["shard_index"] = table["image_id"].map(index_in_shard)
     written_boxes = meta.boxes.loc[meta.boxes["image_id"].isin(shard_of), "label"]
     manifest = {
         "schema_version": example.SCHEMA_VERSION,

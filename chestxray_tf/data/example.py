@@ -164,12 +164,6 @@ def parse(serialized):
     return features
 
 
-def parse_image_id(serialized):
-    """Only the image id of a serialised record (graph code; cheap, for filtering)."""
-    return tf.io.parse_single_example(
-        serialized, {"image_id": _FEATURE_SPEC["image_id"]})["image_id"]
-
-
 def decode_image(features, encoding, size=None):
     """Decodes the image of parsed `features` -> uint8 [height, width, 1].
 

@@ -64,7 +64,7 @@ def validate(path):
         if len(records) != shard["count"]:
             problems.append(f"shard {file} holds {len(records)} records, the manifest says "
                             f"{shard['count']}")
-        for r in records:
+        for position, r in enumerate(records):
             image_id = r["image_id"].decode()
             if (r["schema_version"], r["image/encoding"].decode(), r["image/height"],
                     r["image/width"]) != (manifest["schema_version"], manifest["encoding"],
@@ -76,10 +76,10 @@ def validate(path):
             rows.append({"image_id": image_id, "fold": int(r["fold"]),
                          "split": r["split"].decode(), "has_box": len(r["box_labels"]) > 0,
                          "num_boxes": len(r["box_labels"]), "shard": shard["file"],
-                         **dict(zip(labels_lib.CLASS_NAMES, r["labels"].tolist()))})
+                         "shard_index": position, **dict(zip(labels_lib.CLASS_NAMES, r["labels"].tolist()))})
             box_labels += r["box_labels"].tolist()
     found = pd.DataFrame(rows, columns=["image_id", "fold", "split", "has_box", "num_boxes",
-                                        "shard", *labels_lib.CLASS_NAMES])
+                                        "shard", "shard_index", *labels_lib.CLASS_NAMES])
     problems += _compare_ids(found, metadata)
     counts = manifest_lib.count_summary(found, box_labels)
     if counts != manifest["counts"]:
@@ -93,7 +93,8 @@ def validate(path):
 
 
 def _compare_ids(found, metadata):
-    """Mismatches between the records and metadata.csv (ids, shard, fold, split, labels)."""
+    """Mismatches between the records and metadata.csv (ids, shard and position, fold, split,
+    labels)."""
     problems = []
     duplicated = sorted(set(found.loc[found["image_id"].duplicated(), "image_id"]))
     if duplicated:
@@ -106,7 +107,7 @@ def _compare_ids(found, metadata):
     if only_table:
         problems.append(f"{len(only_table)} rows of metadata.csv have no record, e.g. "
                         f"{only_table[:3]}")
-    columns = ["fold", "split", "num_boxes", "shard", *labels_lib.CLASS_NAMES]
+    columns = ["fold", "split", "num_boxes", "shard", "shard_index", *labels_lib.CLASS_NAMES]
     both = found.drop_duplicates("image_id").merge(metadata, on="image_id",
                                                    suffixes=("", "_csv"))
     for column in columns:

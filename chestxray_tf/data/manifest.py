@@ -4,8 +4,9 @@ A built set is a folder with shards `shard-NNNNN-of-MMMMM.tfrecord`, `manifest.j
 version, class list, image size, encoding, shard list with counts, counts per fold / split /
 class, box counts, source checksums, the command, skipped files) and `metadata.csv` (one row per
 written image: image_id, patient_id, follow_up, age, sex, view, fold, split, has_box, num_boxes,
-shard, one 0/1 column per class), so that selections (`nih.li2018_split`, ...) are computed from
-the folder without reading a shard.
+shard, shard_index (its position in the shard, from 0), one 0/1 column per class), so that
+selections (`nih.li2018_split`, ...) are computed from the folder without reading a shard, and
+the input pipeline keeps the selected records by position without parsing them.
 """
 
 import json
@@ -21,7 +22,7 @@ from chestxray_tf.data import nih
 MANIFEST = "manifest.json"
 METADATA = "metadata.csv"
 METADATA_COLUMNS = ("image_id", "patient_id", "follow_up", "age", "sex", "view", "fold", "split",
-                    "has_box", "num_boxes", "shard") + labels_lib.CLASS_NAMES
+                    "has_box", "num_boxes", "shard", "shard_index") + labels_lib.CLASS_NAMES
 _REQUIRED = ("schema_version", "class_names", "image_size", "encoding", "shards", "num_images")
 
 
@@ -134,7 +135,10 @@ def read_metadata(path):
                                      "shard": str}, keep_default_na=False)
     missing = [c for c in METADATA_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{file}: missing columns {missing}")
+        raise ValueError(f"{file}: missing columns {missing}"
+                         + (" (a set built before chestxray_tf recorded each record's position: "
+                            "rebuild it with tfrecords_tools.build_nih)"
+                            if missing == ["shard_index"] else ""))
     table["has_box"] = table["has_box"].astype(bool)
     return table
 

@@ -14,13 +14,15 @@ step). An element is a flat dict:
 | `boxes` | [B, M, 4] float32 | normalised yxyx boxes, zero-padded |
 | `box_labels` | [B, M] int32 | class id per box, -1 for padding |
 | `image_id` | [B] string | |
+| `skipped_records` | [B] int64 | with `skip_corrupt`, records skipped just before the example |
 
-Each shard's record count is checked against manifest.json, so a corrupt or truncated shard
-raises an error naming its file (or, with `skip_corrupt`, is logged and read up to the damage).
+Damaged input (a shard that ends early, a record that does not decode) is an error naming the
+shard and the record, or with `skip_corrupt` a WARNING naming it and a count: see `records`.
+Summed over the examples a run consumed, `skipped_records` counts the records it skipped (the
+trainer reports it at the end of each epoch).
 """
 
 import os
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +32,7 @@ from chestxray_tf.data import augment as augment_lib
 from chestxray_tf.data import example
 from chestxray_tf.data import manifest as manifest_lib
 from chestxray_tf.data import nih
+from chestxray_tf.data import records as records_lib
 from chestxray_tf.data import targets
 
 NORMALIZATIONS = ("minus_one_one", "imagenet")
@@ -69,47 +72,11 @@ def select_ids(manifest_path, protocol, **kwargs):
     raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
 
 
-def _message(*parts):
-    """A string tensor joining str parts and tensors (numbers formatted), for graph errors."""
-    return tf.strings.join([
-        p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p)
-        for p in parts])
-
-
-def _read_shard(path, expected, skip_corrupt):
-    """Records of one shard; at its end, checks that all `expected` records were read.
-
-    An empty string (never a serialised record of the schema) marks the end of the shard.
-    """
-    records = tf.data.TFRecordDataset(path).ignore_errors()
-    counted = records.concatenate(tf.data.Dataset.from_tensors(tf.constant(b""))).enumerate()
-
-    def keep(index, record):
-        is_end = tf.equal(record, b"")
-        complete = tf.logical_or(tf.logical_not(is_end), tf.equal(index, expected))
-        message = _message("corrupt or truncated TFRecord shard ", path, ": read ", index,
-                           " of the ", expected, " records that manifest.json lists")
-        if skip_corrupt:
-            def warn():
-                with tf.control_dependencies([tf.print(
-                        "WARNING:", message, "- skipped", expected - index,
-                        "records (skip_corrupt=True)", output_stream=sys.stderr)]):
-                    return tf.constant(False)
-
-            report = tf.cond(complete, lambda: tf.constant(True), warn)
-        else:
-            report = tf.debugging.Assert(complete, [message])
-        with tf.control_dependencies([report]):
-            return tf.logical_not(is_end)
-
-    return counted.filter(keep).map(lambda index, record: record)
-
-
 def _pad_boxes(features, max_boxes):
     """Boxes [N, 4] -> [M, 4] zero-padded, labels [N] -> [M] padded with -1 (N > M: error)."""
     boxes, labels = features["boxes"], tf.cast(features["box_labels"], tf.int32)
     count = tf.shape(labels)[0]
-    check = tf.debugging.Assert(count <= max_boxes, [_message(
+    check = tf.debugging.Assert(count <= max_boxes, [records_lib.message(
         "image ", features["image_id"], " has ", count, f" boxes, more than max_boxes={max_boxes}",
         ": raise max_boxes")])
     with tf.control_dependencies([check]):
@@ -134,13 +101,23 @@ def resize(image, image_size):
     return tf.cond(tf.shape(image)[-3] > image_size, to("area"), to("bilinear"))
 
 
-def _decode(serialized, encoding, stored_size, image_size, max_boxes):
-    """Per record: pixels at the model size ([S, S, 1], uint8 or float32) and padded targets."""
+def _decode(serialized, encoding, stored_size, image_size):
+    """Per record: pixels at the model size ([S, S, 1], uint8 or float32) and the targets
+    (boxes [N, 4] and box_labels [N]: a record with other counts is an error)."""
     features = example.parse(serialized)
     image = resize(example.decode_image(features, encoding, stored_size), image_size)
-    boxes, box_labels = _pad_boxes(features, max_boxes)
-    return {"image": image, "labels": tf.cast(features["labels"], tf.float32), "boxes": boxes,
-            "box_labels": box_labels, "image_id": features["image_id"]}
+    check = tf.debugging.assert_equal(
+        tf.shape(features["boxes"])[0], tf.shape(features["box_labels"])[0],
+        message="the record has a different number of boxes and box labels")
+    with tf.control_dependencies([check]):
+        return {"image": image, "labels": tf.cast(features["labels"], tf.float32),
+                "boxes": tf.identity(features["boxes"]), "box_labels": features["box_labels"],
+                "image_id": features["image_id"]}
+
+
+def _with_padded_boxes(element, max_boxes):
+    boxes, box_labels = _pad_boxes(element, max_boxes)
+    return dict(element, boxes=boxes, box_labels=box_labels)
 
 
 def normalize(images, normalization):
@@ -195,9 +172,8 @@ def _resolve_augment(augment):
     return AUGMENTATIONS[augment]()
 
 
-def _selection(manifest, image_ids):
-    """metadata.csv rows of the selected images (all when `image_ids` is None)."""
-    table = manifest_lib.read_metadata(manifest["dir"])
+def _selection(manifest, table, image_ids):
+    """Rows of metadata.csv `table` of the selected images (all when `image_ids` is None)."""
     if image_ids is None:
         return table
     wanted = _unique_ids(image_ids)
@@ -206,6 +182,29 @@ def _selection(manifest, image_ids):
         raise ValueError(f"{len(unknown)} of the {len(wanted)} selected images are not in "
                          f"{manifest['dir']}, e.g. {unknown[:5]}")
     return table[table["image_id"].isin(wanted)]
+
+
+def _positions(manifest, table, names, counts, selected):
+    """Per shard, by position (metadata.csv's shard_index): keep the record? and its image id
+    -> (bool [shards, n], str [shards, n]), n >= every count."""
+    width = max(1, *counts)
+    keep = np.zeros((len(names), width), bool)
+    ids = np.full((len(names), width), "", object)
+    row = {name: i for i, name in enumerate(names)}
+    table = table[table["shard"].isin(row)]
+    rows, positions = table["shard"].map(row).to_numpy(int), table["shard_index"].to_numpy(int)
+    beyond = (positions < 0) | (positions >= np.asarray(counts, int)[rows])
+    if beyond.any():
+        first = table[beyond].iloc[0]
+        raise ValueError(
+            f"{manifest['dir']}/metadata.csv puts image {first['image_id']} at position "
+            f"{first['shard_index']} of TFRecord shard {first['shard']}, which manifest.json "
+            f"lists with {counts[row[first['shard']]]} records ({int(beyond.sum())} such rows): "
+            "they do not describe the same set (rebuild it)")
+    ids[rows, positions] = table["image_id"].to_numpy()
+    wanted = set(selected["image_id"])
+    keep[rows, positions] = table["image_id"].isin(wanted).to_numpy()
+    return keep, ids.astype(str)
 
 
 def _unique_ids(ids):
@@ -249,8 +248,9 @@ def make_dataset(manifest_path, image_ids=None, *, image_size, batch_size, train
         skip_batches: drop the first batches of this (deterministic) order before decoding
             them, to resume mid-epoch (counted in per-pipeline batches).
         deterministic: the same arguments give the same element order (and augmentation); False
-            lets the parallel steps emit out of order.
-        skip_corrupt: log and skip the unreadable rest of a corrupt shard instead of failing.
+            lets the parallel steps after decoding emit out of order.
+        skip_corrupt: log, count and skip the unreadable rest of a shard that ends early and
+            each record that does not decode, instead of failing (see `records`).
 
     Raises:
         ValueError: bad arguments, unknown ids, fewer shards than input pipelines.
@@ -272,36 +272,38 @@ def make_dataset(manifest_path, image_ids=None, *, image_size, batch_size, train
                              "rebuild with --num_shards >= the number of input pipelines")
         shards = shards[input_context.input_pipeline_id::pipelines]
         batch_size = input_context.get_per_replica_batch_size(batch_size)
-    selected = _selection(manifest, image_ids)
-    names = {os.path.basename(p) for p, _ in shards}
+    table = manifest_lib.read_metadata(manifest["dir"])
+    selected = _selection(manifest, table, image_ids)
+    names = [os.path.basename(p) for p, _ in shards]
     num_examples = int(selected["shard"].isin(names).sum())
     if drop_remainder is None:
         drop_remainder = training
 
     paths, counts = zip(*shards)
-    files = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(counts, np.int64)))
+    keep, ids = _positions(manifest, table, names, counts, selected)
+    files = tf.data.Dataset.from_tensor_slices(
+        (list(paths), np.asarray(counts, np.int64), keep, ids))
     if training:
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         files = files.repeat()
-    records = files.interleave(
-        lambda path, count: _read_shard(path, count, skip_corrupt),
-        cycle_length=min(interleave_cycle, len(paths)), block_length=1,
+    items = files.interleave(
+        records_lib.read_shard, cycle_length=min(interleave_cycle, len(paths)), block_length=1,
         num_parallel_calls=min(interleave_cycle, num_parallel_calls, len(paths)),
         deterministic=deterministic)
-    if image_ids is not None:
-        keys = tf.constant(selected["image_id"].to_numpy().astype(str))
-        table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), 0)
-        records = records.filter(lambda r: table.lookup(example.parse_image_id(r)) > 0)
-    if not (skip_corrupt or repeat):
-        records = records.apply(tf.data.experimental.assert_cardinality(num_examples))
     if training:
-        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    records = records.skip(skip_batches * batch_size)
-    ds = records.map(
-        lambda r: _decode(r, manifest["encoding"], manifest["image_size"], image_size, max_boxes),
-        num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+        items = items.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    items = items.skip(skip_batches * batch_size)
+    ds = records_lib.decode_in_order(
+        items, lambda r: _decode(r, manifest["encoding"], manifest["image_size"], image_size),
+        skip_corrupt=skip_corrupt, num_parallel_calls=num_parallel_calls)
+    if repeat:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+    elif not skip_corrupt:  # one element per selected record
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
+            max(0, num_examples - skip_batches * batch_size)))
+    ds = ds.map(lambda element: _with_padded_boxes(element, max_boxes),
+                num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate(start=skip_batches)
     finish = _batch_targets(normalization, grid)
     ds = ds.map(lambda index, batch: _finish_batch(index, batch, finish, augment, seed),

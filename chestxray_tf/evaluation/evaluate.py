@@ -15,6 +15,7 @@ with a box of class k; the accuracy at T is the fraction of those with IoU (IoR)
 import dataclasses
 import os
 
+from absl import logging
 import numpy as np
 from tqdm import tqdm
 
@@ -71,6 +72,10 @@ def predict(model, config, image_ids, *, progress=True):
                 images[index] = batch["image"][i].numpy().mean(axis=-1)
         labels.append(batch["labels"].numpy())
         probs.append(outputs[paper.score_key].numpy())
+    if len(ids) < len(image_ids):  # only with data.skip_corrupt; the pipeline named them
+        logging.warning("evaluated %d of the %d selected images: %d corrupt records skipped "
+                        "(data.skip_corrupt=True)", len(ids), len(image_ids),
+                        len(image_ids) - len(ids))
     return Predictions(ids, np.concatenate(labels), np.concatenate(probs), boxes, box_labels,
                        maps, images, size)
 

@@ -147,10 +147,12 @@ class Trainer:
 
         @tf.function
         def train_step(iterator):
-            # Strings stay out of the step: XLA takes no string arguments.
-            batch = {k: v for k, v in next(iterator).items() if k != "image_id"}
+            """-> (logs summed over replicas, records skipped before this step's examples)."""
+            batch = next(iterator)
+            skipped = strategy.reduce("SUM", batch.pop("skipped_records"), axis=0)
+            batch.pop("image_id")  # strings stay out of the step: XLA takes no string arguments
             logs = strategy.run(replica_step, args=(batch,))
-            return {k: strategy.reduce("SUM", v, axis=None) for k, v in logs.items()}
+            return {k: strategy.reduce("SUM", v, axis=None) for k, v in logs.items()}, skipped
 
         return train_step
 
@@ -207,8 +209,11 @@ class Trainer:
             epoch, skip = divmod(step, self.steps_per_epoch)
             iterator = self._iterator(epoch, skip)
             end = min((epoch + 1) * self.steps_per_epoch, config.num_steps)
+            skipped = 0
             while step < end:
-                logs = {k: float(v) for k, v in self._train_step(iterator).items()}
+                logs, skipped_now = self._train_step(iterator)
+                logs = {k: float(v) for k, v in logs.items()}
+                skipped += int(skipped_now)
                 step += 1
                 if not all(math.isfinite(v) for v in logs.values()):
                     bar.close()
@@ -232,6 +237,8 @@ class Trainer:
                     self.manager.save(checkpoint_number=step)
                 if config.eval_every_steps and step % config.eval_every_steps == 0:
                     best = self._validate_and_keep_best(step, best)
+            if self.config.data.skip_corrupt:
+                self._report_skips(epoch, skip, step, skipped)
             if not config.eval_every_steps:
                 best = self._validate_and_keep_best(step, best)
         bar.close()
@@ -240,6 +247,15 @@ class Trainer:
             self.manager.save(checkpoint_number=step)
         self.writer.flush()
         return last
+
+    def _report_skips(self, epoch, resumed_at, step, skipped):
+        """End of an epoch with `data.skip_corrupt`: the records its input skipped (all
+        workers), in the log and in TensorBoard (train/skipped_records)."""
+        since = f" (since it resumed at batch {resumed_at})" if resumed_at else ""
+        log = logging.warning if skipped else logging.info
+        log("epoch %d%s: skipped %d corrupt records (data.skip_corrupt=True; the WARNINGs of "
+            "the input pipeline name them)", epoch, since, skipped)
+        self._write_scalars(step, {"skipped_records": skipped})
 
     def _write_scalars(self, step, values):
         with self.writer.as_default(step=step):

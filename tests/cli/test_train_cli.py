@@ -5,10 +5,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import tensorflow as tf
+
+from processes import sigkill_when
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_STEPS = 80
@@ -36,16 +37,8 @@ def test_sigkill_then_rerun_resumes_at_the_saved_step(built_set, tmp_path):
     command = _command(built_set / "manifest.json", workdir)
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while _latest_step(workdir) < 10 and time.time() < deadline:
-            assert process.poll() is None, "training ended before it could be killed"
-            time.sleep(0.2)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    sigkill_when(process, lambda: _latest_step(workdir) >= 10, timeout=240, poll=0.2)
+    assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
     saved = _latest_step(workdir)
     assert 10 <= saved < NUM_STEPS, saved
 

@@ -105,6 +105,15 @@ def test_metadata_csv_describes_every_record(built):
         assert [getattr(row, c) for c in labels_lib.CLASS_NAMES] == record["labels"].tolist()
 
 
+def test_metadata_csv_gives_each_record_its_shard_and_position(built):
+    table = manifest_lib.read_metadata(built["png"])
+    for shard in manifest_lib.read_manifest(built["png"])["shard_paths"]:
+        ids = [tf.train.Example.FromString(r.numpy()).features.feature["image_id"]
+               .bytes_list.value[0].decode() for r in tf.data.TFRecordDataset(shard)]
+        rows = table[table["shard"] == shard.rsplit("/", 1)[1]]
+        assert dict(zip(rows["shard_index"], rows["image_id"])) == dict(enumerate(ids))
+
+
 def test_folds_are_patient_disjoint(built):
     table = manifest_lib.read_metadata(built["png"])
     assert table.groupby("patient_id")["fold"].nunique().max() == 1

@@ -42,6 +42,17 @@ def test_validate_reports_rows_of_metadata_without_records(built_set, tmp_path):
         inspect_lib.validate(copy)
 
 
+def test_validate_reports_records_away_from_their_metadata_position(built_set, tmp_path):
+    copy = _copy(built_set, tmp_path)
+    table = manifest_lib.read_metadata(copy)
+    first = table[table["shard_index"] == 0].index[0]
+    table.loc[first, "shard_index"] = 1
+    table.to_csv(copy / "metadata.csv", index=False)
+    with pytest.raises(ValueError, match=r"shard_index of 1 images differs between the records "
+                                         "and metadata.csv"):
+        inspect_lib.validate(copy)
+
+
 def test_validate_reports_counts_that_differ(built_set, tmp_path):
     copy = _copy(built_set, tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())

@@ -69,3 +69,12 @@ def test_count_summary_counts_by_hand():
     assert counts["boxes"] == 3 and counts["images_with_boxes"] == 2
     assert counts["boxes_per_class"]["Mass"] == 2 and counts["boxes_per_class"]["Atelectasis"] == 1
     assert counts["boxes_per_fold"] == {"0": 2, "1": 1}
+
+
+def test_metadata_without_record_positions_asks_for_a_rebuild(built_set, tmp_path):
+    copy = shutil.copytree(built_set, tmp_path / "set")
+    table = manifest_lib.read_metadata(copy).drop(columns="shard_index")
+    table.to_csv(copy / "metadata.csv", index=False)
+    with pytest.raises(ValueError, match=r"metadata.csv: missing columns \['shard_index'\] \(a "
+                                         "set built before .* rebuild it"):
+        manifest_lib.read_metadata(copy)

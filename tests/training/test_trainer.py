@@ -125,7 +125,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         if weights is not None:
             run.model.set_weights(weights)
         before = run.model.get_weights()
-        logs = run._train_step(run._iterator(0, 0))
+        logs, skipped = run._train_step(run._iterator(0, 0))
+        assert int(skipped) == 0
         return before, {k: float(v) for k, v in logs.items()}, run.model.get_weights()
 
     before, single, after_single = one_step("default", sys.argv[3] + "/single")
@@ -162,14 +163,18 @@ def test_mirrored_step_equals_the_single_device_step(built_set, tmp_path):
 
 @pytest.mark.slow
 def test_xla_step_matches_the_plain_step(built_set, tmp_path):
-    """`train.jit_compile=True` compiles the replica step with XLA: same loss, same weights."""
+    """`train.jit_compile=True` compiles the replica step with XLA: the same loss (1e-5) and
+    the same update of the weights, to 1% of its norm (XLA's fused float32 reductions round
+    differently; over several steps the differences grow)."""
     results = []
     for jit in (False, True):
-        config = tiny_config(built_set, num_steps=3, num_val_images=0, jit_compile=jit,
+        config = tiny_config(built_set, num_steps=1, num_val_images=0, jit_compile=jit,
                              optimizer="sgd", momentum=0.0)
         run = trainer.Trainer(config, str(tmp_path / f"jit_{jit}"))
+        before = run.model.get_weights()
         logs = run.run()
-        results.append((logs["loss"], run.model.get_weights()))
-    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
-    for a, b in zip(results[0][1], results[1][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        results.append((logs["loss"], [w - b for w, b in zip(run.model.get_weights(), before)]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    plain, xla = (np.concatenate([u.ravel() for u in r[1]]) for r in results)
+    assert np.linalg.norm(plain) > 0
+    assert np.linalg.norm(xla - plain) <= 1e-2 * np.linalg.norm(plain)
