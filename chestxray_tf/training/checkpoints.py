@@ -35,7 +35,7 @@ def resolve(workdir, which="latest"):
                                         "validation images, or never validated)")
             with tf.io.gfile.GFile(best) as f:
                 return os.path.join(folder, json.load(f)["checkpoint"])
-        path = tf.train.latest_checkpoint(folder)
+        path = trainer.latest_checkpoint(folder)
         if path is None:
             raise FileNotFoundError(f"no checkpoint in {folder}")
         return path

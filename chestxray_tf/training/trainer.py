@@ -43,10 +43,31 @@ class TrainingDivergedError(RuntimeError):
 
 
 def save_config(config, workdir):
-    """Writes the resolved config as WORKDIR/config.json."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    """Writes the resolved config as WORKDIR/config.json (a temporary file renamed into place:
+    a kill never leaves half a file; any `tf.io.gfile` path, e.g. gs://)."""
+    tf.io.gfile.makedirs(workdir)
+    path = os.path.join(workdir, "config.json")
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
         f.write(config.to_json_best_effort(indent=2))
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def latest_checkpoint(folder):
+    """The checkpoint to resume from in `folder`, or None when it holds none.
+
+    Raises:
+        FileNotFoundError: `folder`/checkpoint names a checkpoint whose files are missing
+            (TensorFlow would only log it, and the run would start again from step 0).
+    """
+    path = tf.train.latest_checkpoint(folder)
+    state = os.path.join(folder, "checkpoint")
+    if path is None and tf.io.gfile.exists(state):
+        named = tf.train.get_checkpoint_state(folder).model_checkpoint_path
+        raise FileNotFoundError(
+            f"{state} names the checkpoint {named}, whose files are missing: restore them, "
+            "point model_checkpoint_path in that file at a whole checkpoint of the folder, or "
+            "remove the folder to start again from step 0")
+    return path
 
 
 def _checkpoint_dir(workdir, strategy, name):
@@ -195,9 +216,13 @@ class Trainer:
         # Every worker resumes from the chief's checkpoint: a worker's own folder may be missing
         # (a new machine) or behind (killed while saving), and workers at different steps would
         # mix different weights in one all-reduce.
-        restored = tf.train.latest_checkpoint(os.path.join(self.workdir, CHECKPOINT_DIR))
+        restored = latest_checkpoint(os.path.join(self.workdir, CHECKPOINT_DIR))
         if restored:
-            self.checkpoint.restore(restored)
+            try:
+                self.checkpoint.restore(restored)
+            except (tf.errors.OpError, ValueError, IndexError) as e:
+                raise ValueError(f"checkpoint {restored} cannot be restored to resume the run: "
+                                 f"{e}") from e
         step = int(self.optimizer.iterations.numpy())
         if restored:
             logging.info("resumed from %s at step %d", restored, step)

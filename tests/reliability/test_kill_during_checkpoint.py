@@ -5,7 +5,9 @@ The checkpoints hold recognisable states: checkpoint N is the tiny model with ev
 equal to N (`save_numbered`), so a restored model shows which save it came from.
 """
 
+import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -155,6 +157,24 @@ def test_damaged_checkpoint_is_an_error_naming_it(built_set, numbered_run, tmp_p
     with pytest.raises(ValueError, match=f"checkpoint {latest} cannot be restored.*{message}"):
         checkpoints.restore_model(str(workdir))
     run = trainer.Trainer(tiny_config(built_set, num_val_images=0, num_steps=3), str(workdir))
-    with pytest.raises((tf.errors.OpError, IndexError), match=message):
+    with pytest.raises(ValueError, match=f"checkpoint {latest} cannot be restored to resume "
+                                         f"the run.*{message}"):
         run.run()
     assert tf.train.latest_checkpoint(str(workdir / "checkpoints")) == latest
+
+
+def test_checkpoint_named_but_missing_is_an_error_not_a_fresh_start(built_set, numbered_run,
+                                                                   tmp_path):
+    """A workdir copied without the files of its latest checkpoint: resuming (and
+    `restore_model`) stops with an error naming it instead of training again from step 0."""
+    workdir = _copy(numbered_run, tmp_path)
+    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    for path in glob.glob(latest + ".*"):
+        os.remove(path)
+    message = re.escape(f"checkpoints/checkpoint names the checkpoint {latest}, whose files are "
+                        "missing")
+    run = trainer.Trainer(tiny_config(built_set, num_val_images=0, num_steps=3), str(workdir))
+    with pytest.raises(FileNotFoundError, match=message):
+        run.run()
+    with pytest.raises(FileNotFoundError, match=message):
+        checkpoints.restore_model(str(workdir))
