@@ -23,7 +23,9 @@ _BN_EPSILON = 1.001e-5
 
 # Stem width, bottleneck widths of stages conv2..conv5 and their numbers of blocks.
 RESNET_V2_50 = {"stem_width": 64, "widths": (64, 128, 256, 512), "blocks": (3, 4, 6, 3)}
-RESNET_V2_TINY = {"stem_width": 8, "widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1)}
+# The tiny stem is 16 wide: with 8, training on CPU with an odd batch size corrupts the heap in
+# oneDNN's 1x1 stride-2 convolution of 8 channels (TF 2.21; uxlfoundation/oneDNN#6035).
+RESNET_V2_TINY = {"stem_width": 16, "widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1)}
 
 # Stride of the last block of each stage: conv2..conv4 halve, conv5 keeps (total stride 32
 # with the stem's conv and max-pool).

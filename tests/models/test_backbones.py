@@ -1,5 +1,9 @@
 """Tests of chestxray_tf/models/backbones.py: ResNet-v2-50 as keras.applications.ResNet50V2."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -110,3 +114,32 @@ def test_unknown_backbone_is_rejected():
     with pytest.raises(ValueError, match="unknown backbone 'resnet_v3'"):
         build_backbone("resnet_v3", SMALL)
     assert set(BACKBONES) >= {"resnet_v2_50", "resnet_v2_tiny"}
+
+
+ODD_BATCHES = """
+import keras, tensorflow as tf
+from chestxray_tf.models.backbones import build_backbone
+model = build_backbone("resnet_v2_tiny", input_shape=(64, 64, 3))
+optimizer = keras.optimizers.Adam()
+
+@tf.function
+def step(images):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model(images, training=True))
+    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                  model.trainable_variables))
+
+for batch in (3, 5, 1, 7):
+    for _ in range(5):
+        step(tf.random.normal([batch, 64, 64, 3]))
+print("trained")
+"""
+
+
+def test_tiny_variant_trains_with_odd_batch_sizes_on_cpu():
+    """In a subprocess (heap corruption kills the process): with an 8-wide stem, oneDNN's
+    1x1 stride-2 convolution corrupted the heap on odd batches (uxlfoundation/oneDNN#6035)."""
+    result = subprocess.run([sys.executable, "-c", ODD_BATCHES], capture_output=True,
+                            text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0 and "trained" in result.stdout, result.stderr[-2000:]
