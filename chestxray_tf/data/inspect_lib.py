@@ -76,7 +76,8 @@ def validate(path):
             rows.append({"image_id": image_id, "fold": int(r["fold"]),
                          "split": r["split"].decode(), "has_box": len(r["box_labels"]) > 0,
                          "num_boxes": len(r["box_labels"]), "shard": shard["file"],
-                         "shard_index": position, **dict(zip(labels_lib.CLASS_NAMES, r["labels"].tolist()))})
+                         "shard_index": position,
+                         **dict(zip(labels_lib.CLASS_NAMES, r["labels"].tolist()))})
             box_labels += r["box_labels"].tolist()
     found = pd.DataFrame(rows, columns=["image_id", "fold", "split", "has_box", "num_boxes",
                                         "shard", "shard_index", *labels_lib.CLASS_NAMES])

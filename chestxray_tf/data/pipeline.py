@@ -1,7 +1,8 @@
 """`tf.data` input pipelines for training and evaluation from a built TFRecord set (SPEC §0, §1).
 
-read the shards (parallel interleave) -> keep the selected image ids (only the id is parsed: before
-decoding) -> shuffle records (training) -> parse, decode, resize to the model size -> batch ->
+read the shards (parallel interleave) -> keep the selected images' records (by their position in
+the shard: nothing is parsed before decoding) -> shuffle records (training) -> parse, decode,
+resize to the model size (`records.decode_in_order`) -> batch ->
 augment (optional) -> 3 channels scaled to [-1, 1] or ImageNet mean/std, box targets (one XLA-fused
 step). An element is a flat dict:
 
@@ -184,9 +185,9 @@ def _selection(manifest, table, image_ids):
     return table[table["image_id"].isin(wanted)]
 
 
-def _positions(manifest, table, names, counts, selected):
-    """Per shard, by position (metadata.csv's shard_index): keep the record? and its image id
-    -> (bool [shards, n], str [shards, n]), n >= every count."""
+def _positions(manifest, table, names, counts, wanted):
+    """Per shard, by position (metadata.csv's shard_index): keep the record (its image is in
+    `wanted`)? and its image id -> (bool [shards, n], str [shards, n]), n >= every count."""
     width = max(1, *counts)
     keep = np.zeros((len(names), width), bool)
     ids = np.full((len(names), width), "", object)
@@ -202,7 +203,6 @@ def _positions(manifest, table, names, counts, selected):
             f"lists with {counts[row[first['shard']]]} records ({int(beyond.sum())} such rows): "
             "they do not describe the same set (rebuild it)")
     ids[rows, positions] = table["image_id"].to_numpy()
-    wanted = set(selected["image_id"])
     keep[rows, positions] = table["image_id"].isin(wanted).to_numpy()
     return keep, ids.astype(str)
 
@@ -274,13 +274,13 @@ def make_dataset(manifest_path, image_ids=None, *, image_size, batch_size, train
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     table = manifest_lib.read_metadata(manifest["dir"])
     selected = _selection(manifest, table, image_ids)
-    names = [os.path.basename(p) for p, _ in shards]
-    num_examples = int(selected["shard"].isin(names).sum())
     if drop_remainder is None:
         drop_remainder = training
 
     paths, counts = zip(*shards)
-    keep, ids = _positions(manifest, table, names, counts, selected)
+    keep, ids = _positions(manifest, table, [os.path.basename(p) for p in paths], counts,
+                           set(selected["image_id"]))
+    num_examples = int(keep.sum())
     files = tf.data.Dataset.from_tensor_slices(
         (list(paths), np.asarray(counts, np.int64), keep, ids))
     if training:

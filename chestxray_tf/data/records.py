@@ -73,7 +73,7 @@ def read_shard(path, expected, selected, image_ids):
     return counted.map(item).filter(lambda keep, _: keep).map(lambda _, item: item)
 
 
-def end_of_stream():
+def _end_of_stream():
     """The item `decode_in_order` ends its stream with (to see a gap before it)."""
     return {"path": tf.constant(""), "index": tf.constant(-1, tf.int64),
             "record": tf.constant(b""), "missing": tf.constant(_MARK["end_of_stream"], tf.int64),
@@ -196,9 +196,9 @@ def decode_in_order(items, decode, *, skip_corrupt, num_parallel_calls):
         skip_corrupt: count and skip damage instead of failing.
         num_parallel_calls: parallelism of the decoding.
     """
-    end = tf.data.Dataset.from_tensors(end_of_stream())
+    end = tf.data.Dataset.from_tensors(_end_of_stream())
     ds = items.concatenate(end).scan(
-        tf.nest.map_structure(tf.zeros_like, end_of_stream()),
+        tf.nest.map_structure(tf.zeros_like, _end_of_stream()),
         lambda previous, item: (item, (previous, item))).enumerate()
     zeros = _zeros(decode)
 

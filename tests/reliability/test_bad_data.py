@@ -7,7 +7,6 @@ manifest of a newer schema version, more boxes than `max_boxes`.
 """
 
 import functools
-import glob
 import json
 import re
 import shutil
@@ -23,6 +22,7 @@ from chestxray_tf.data import pipeline
 from chestxray_tf.data import records as records_lib
 from chestxray_tf.training import data, trainer
 
+import events
 from tiny import tiny_config
 
 SIZE = 64
@@ -154,12 +154,7 @@ def test_training_reports_the_skipped_records_at_each_epoch_end(built_set, tmp_p
     config.data.skip_corrupt = True
     workdir = tmp_path / "run"
     trainer.train(config, str(workdir))
-    counts = {}
-    for path in glob.glob(str(workdir / "logs" / "train" / "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == "train/skipped_records":
-                    counts[event.step] = float(tf.make_ndarray(value.tensor))
+    counts = events.scalars(str(workdir / "logs" / "train"), "train/skipped_records")
     assert sorted(counts) == [5, 10, 15]
     assert 1 <= sum(counts.values()) and all(c in (0, 1) for c in counts.values())
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from chestxray_tf.training import trainer
 
+import events
 from tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -142,17 +143,6 @@ def _trained_variables(workdir, step):
             if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter")}
 
 
-def _logged_losses(logdir):
-    """{step: train/loss} of the TensorBoard event files in `logdir`."""
-    losses = {}
-    for path in tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == "train/loss":
-                    losses[event.step] = float(tf.make_ndarray(value.tensor))
-    return losses
-
-
 @pytest.mark.slow
 def test_two_workers_train_like_one_process_and_resume_from_the_chief(built_set, tmp_path):
     config_file = tmp_path / "config.py"
@@ -180,11 +170,11 @@ def test_two_workers_train_like_one_process_and_resume_from_the_chief(built_set,
     assert reader.get_tensor(iterations) == 6
     assert json.loads((workdir / "config.json").read_text())["train"]["strategy"] == "multi_worker"
     assert len(tf.io.gfile.glob(str(workdir / "logs" / "train" / "events.out.tfevents.*"))) == 2
-    losses = _logged_losses(str(workdir / "logs" / "train"))
+    losses = events.scalars(str(workdir / "logs" / "train"), "train/loss")
     assert sorted(losses) == [2, 3, 4, 6], losses  # every 2 steps and at epoch ends
 
     largest_change = _reference_run(_single_process_config(built_set, 6), str(tmp_path / "single"))
-    reference_losses = _logged_losses(str(tmp_path / "single" / "logs" / "train"))
+    reference_losses = events.scalars(str(tmp_path / "single" / "logs" / "train"), "train/loss")
     assert sorted(reference_losses) == sorted(losses)
     for step in losses:
         assert losses[step] == pytest.approx(reference_losses[step], rel=RTOL), step
