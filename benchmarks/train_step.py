@@ -9,7 +9,7 @@ loss averaged over the global batch, the model's L2 penalties, Adam) on the same
 
 * **li**: the Li et al. 2018 model of `configs/li2018.py` (ResNet-v2-50 -> patch slicing to
   P x P (Sec. 3.1) -> conv3x3-512, BN, ReLU, conv1x1-K, sigmoid -> Eq. 2) with its MIL loss
-  (Eq. 1, 2, 4) from `models.registry`;
+  (Eq. 1, 2, 4) from `chestxray_tf.tasks`;
 * **bare**: the same backbone -> global average pool -> dense K sigmoid, with the binary
   cross-entropy summed over the K classes; the same L2 factor on its kernels.
 
@@ -36,14 +36,12 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 
 from absl import app, flags
 import keras
 import tensorflow as tf
 
-from chestxray_tf.models import registry
-from chestxray_tf.models.backbones import build_backbone
+from chestxray_tf import tasks
 from chestxray_tf.training import defaults, optimizers, trainer
 
 _IMAGE_SIZES = flags.DEFINE_list("image_sizes", ["512", "256"], "Image sides to time.")
@@ -87,34 +85,12 @@ def make_config(image_size, batch_size, jit_compile):
     return config
 
 
-def build_bare(config):
-    """Backbone -> global average pool -> dense K sigmoid, L2 as the Li model's kernels."""
-    size = config.data.image_size
-    decay = config.model.weight_decay
-    regularizer = keras.regularizers.L2(decay) if decay else None
-    image = keras.Input(shape=(size, size, 3), name="image")
-    features = build_backbone(config.model.backbone, input_shape=(size, size, 3),
-                              kernel_regularizer=regularizer)(image)
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
-    probs = keras.layers.Dense(config.model.num_classes, activation="sigmoid",
-                               kernel_regularizer=regularizer, dtype="float32",
-                               name="image_probs")(pooled)
-    return keras.Model(image, {"image_probs": probs}, name="bare")
-
-
-def bare_loss(batch, outputs):
-    """Binary cross-entropy of the image probabilities, summed over the classes: [B]."""
-    labels = keras.ops.cast(batch["labels"], "float32")
-    bce = keras.ops.binary_crossentropy(labels, outputs["image_probs"])
-    return keras.ops.sum(bce, axis=-1), {}
-
-
 def build(name, config):
-    """(model, loss_fn) of `name` ("li" or "bare")."""
+    """(model, loss_fn) of `name`: "li" (the li2018 task) or "bare" (the baseline task:
+    backbone -> global average pool -> dense K sigmoid, BCE)."""
     keras.utils.set_random_seed(config.seed)
-    if name == "li":
-        return registry.build_model(config, pretrained=False), registry.make_loss(config)
-    return build_bare(config), bare_loss
+    task = tasks.get_task("li2018" if name == "li" else "baseline")(config)
+    return task.build_model(pretrained=False), task.loss
 
 
 def make_train_step(model, loss_fn, config):
@@ -122,10 +98,9 @@ def make_train_step(model, loss_fn, config):
     the config's schedule, slots built before the first step)."""
     optimizer = optimizers.make_optimizer(config.train, steps_per_epoch=1000)
     optimizer.build(model.trainable_variables)
-    state = types.SimpleNamespace(model=model, optimizer=optimizer, loss_fn=loss_fn,
-                                  global_batch=config.train.batch_size,
-                                  strategy=tf.distribute.get_strategy(), config=config)
-    return trainer.Trainer._make_train_step(state)
+    return trainer.make_train_step(model, optimizer, loss_fn, tf.distribute.get_strategy(),
+                                   config.train.batch_size,
+                                   jit_compile=config.train.jit_compile)
 
 
 def random_batch(config):
@@ -218,7 +193,7 @@ def time_parts(built, batch):
     """{jit: {part: {"wall", "cpu"} seconds}} of forward + backward of the parts the two models
     do not share, on random backbone features of the timed batch."""
     li, li_loss = built["li"]
-    bare, _ = built["bare"]
+    bare, bare_loss = built["bare"]
     backbone = li.get_layer(_BACKBONE.value)
     features = tf.random.uniform((batch["image"].shape[0],) + tuple(backbone.output.shape[1:]))
     slicing = li.get_layer("patch_slicing")
@@ -236,7 +211,8 @@ def time_parts(built, batch):
         return li_loss(batch, {"patch_probs": p})[0]
 
     def bare_head(x):
-        x = bare.get_layer("image_probs")(bare.get_layer("pool")(x))
+        x = bare.get_layer("image_probs")(bare.get_layer("classifier")(
+            bare.get_layer("global_pool")(x)))
         return bare_loss(batch, {"image_probs": x})[0]
 
     parts = {

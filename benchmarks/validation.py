@@ -133,8 +133,8 @@ def make_data(workdir, num_patients):
 def _evaluate_in_process(run_dir):
     """Evaluation of a run whose model has no published tables (no report.md possible)."""
     from chestxray_tf.evaluation import evaluate  # pylint: disable=import-outside-toplevel
-    from chestxray_tf.training import checkpoints  # pylint: disable=import-outside-toplevel
-    config, model, path = checkpoints.restore_model(run_dir)
+    from chestxray_tf import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+    config, model, path = workdir_lib.restore_model(run_dir)
     pred = evaluate.predict(model, config, evaluate.split_ids(config, "test_fold"),
                             progress=False)
     report = {"results": evaluate.compute_results(pred, config, "test_fold"),
@@ -167,7 +167,7 @@ def train_and_evaluate(run, manifest, workdir, num_steps):
             run_dir / "train.log", 40) else "failed", error=_tail(run_dir / "train.log"))
     else:
         with open(run_dir / "config.json") as f:
-            model_name = json.load(f)["model"]["name"]
+            model_name = json.load(f)["task"]
         start = time.time()
         if model_name == "li2018":
             code, _ = _call([sys.executable, "-m", "chestxray_tf.cli.evaluate",
@@ -401,16 +401,6 @@ def plot(analysis, output_dir):
     return paths
 
 
-def _check_baseline_registered(experiments):
-    from chestxray_tf.models import registry  # pylint: disable=import-outside-toplevel
-    if "reference" in experiments and "baseline" not in registry.PAPERS:
-        raise SystemExit(
-            "the reference experiment needs the model 'baseline' in "
-            "chestxray_tf/models/registry.py PAPERS (build_baseline of "
-            "chestxray_tf/models/baseline.py, bce_loss of chestxray_tf/losses/bce.py, "
-            "map_key 'cam'); register it or run --experiments=fractions,stability")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -418,7 +408,6 @@ def main(argv):
     unknown = set(experiments) - set(EXPERIMENTS)
     if unknown:
         raise app.UsageError(f"unknown experiments {sorted(unknown)}; choose from {EXPERIMENTS}")
-    _check_baseline_registered(experiments)
     workdir = pathlib.Path(_WORKDIR.value).resolve()
     output_dir = pathlib.Path(_OUTPUT_DIR.value).resolve()
     num_patients, num_steps = _PATIENTS.value, _STEPS.value

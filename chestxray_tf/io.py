@@ -39,6 +39,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
 GREY_DICOM = ("MONOCHROME1", "MONOCHROME2")
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # Pillow modes of more than 8 bits a pixel
 
+# Bounds of the work per image (predict and the SavedModel's signatures): a radiograph is at
+# most ~4k x 4k pixels and about 1:2.5; padding a 15000 x 1 image to a square would need 4 GB.
+MAX_PIXELS = 64_000_000
+MAX_ASPECT = 8
+
 
 class ImageReadError(ValueError):
     """A file that cannot be read as a radiograph: `path` and `problem` say which and why."""

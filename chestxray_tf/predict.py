@@ -13,11 +13,12 @@
   p > T_s form the region); `box_format`: boxes are [x, y, w, h] in pixels of the original
   image, (x, y) its top-left corner (the convention of NIH's BBox_List_2017.csv);
 * `findings`: the `top_k` reported classes by probability, highest first;
-* `classes`: for each reported class (all, or `--classes`), its `probability` (the model's
-  image-level score, Li et al. Eq. 2 for Li's model) and its `regions`, one per 8-connected
-  component of the map cells > threshold (`chestxray_tf.metrics.regions`), each
-  `{"box": [x, y, w, h], "score": the component's largest map value}`, highest score first;
-  a component lying wholly in the padding is not in the image and is left out.
+* `classes`: for each reported class (all, or `--classes`), its `probability` (the task's
+  image-level score, Li et al. Eq. 2 for Li's model) and its `regions`: the task's regions on
+  the map (its region rule, the one evaluation and the SavedModel use: `chestxray_tf.inference`;
+  Li et al.: every cell > threshold together as one region), each
+  `{"box": [x, y, w, h], "score": the region's largest map value}`, highest score first;
+  a region lying wholly in the padding is not in the image and is left out.
 
 `NAME.png` shows the image once per finding: the finding's map as a heat map, its region boxes
 (dashed), the class and its probability as the title. `summary.csv` has a row per file: its
@@ -43,12 +44,11 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from chestxray_tf import export
+from chestxray_tf import export, inference, workdir as workdir_lib
 from chestxray_tf import io as io_lib
 from chestxray_tf.evaluation import figures
 from chestxray_tf.labels import ALIASES
-from chestxray_tf.metrics import regions as regions_lib
-from chestxray_tf.training import checkpoints
+from chestxray_tf.tasks.base import RegionRule
 
 SUMMARY_FILE = "summary.csv"
 SKIPPED_NAMES = ("DICOMDIR",)  # the index of a DICOM medium, never an image
@@ -88,10 +88,10 @@ def load_predictor(model_path, checkpoint="latest"):
             metadata=export.read_metadata(model_path),
             model_id={"type": "saved_model", "path": model_path, "fingerprint": fingerprint})
     if tf.io.gfile.exists(os.path.join(model_path, "config.json")):
-        config, model, path = checkpoints.restore_model(model_path, checkpoint)
+        config, model, path = workdir_lib.restore_model(model_path, checkpoint)
         metadata = export.serving_metadata(config)
-        module = export.ServingModule(model, metadata)
-        return Predictor(serve=lambda pixels: module.serve_float(pixels), metadata=metadata,
+        serving = export.Serving(model, metadata, config)
+        return Predictor(serve=serving.serve_float, metadata=metadata,
                          model_id={"type": "checkpoint", "path": path, "workdir": model_path})
     raise FileNotFoundError(f"{model_path} is neither an exported SavedModel (saved_model.pb) "
                             "nor a training workdir (config.json)")
@@ -151,28 +151,28 @@ def select_classes(class_names, classes=None):
     return ids
 
 
-def find_regions(class_map, threshold, padding):
-    """The regions of one class on its map over the padded square (Li et al. 2018, Sec. 3.3):
-    the 8-connected components of the cells > threshold, as boxes in the original frame.
+def regions_in_original(boxes, scores, padding):
+    """One class's served regions -> [{"box": [x, y, w, h] original pixels, "score"}],
+    highest score first; empty slots and regions wholly in the padding are left out.
 
-    Returns:
-        A list of {"box": [x, y, w, h] original pixels, "score": the component's largest map
-        value}, highest score first; components wholly in the padding are left out.
+    Args:
+        boxes: [R, 4] normalised (ymin, xmin, ymax, xmax) on the padded square.
+        scores: [R] the regions' largest map values (0: no region).
     """
-    class_map = np.asarray(class_map, dtype=np.float64)
-    mask = regions_lib.binarize(class_map, threshold)
-    labels, count = regions_lib.connected_components(mask)
-    boxes, inside = padding.boxes_to_original(regions_lib.region_boxes(mask, padding.side))
-    scores = [class_map[labels == i].max() for i in range(1, count + 1)]
-    found = [{"box": box.tolist(), "score": float(score)}
-             for box, score, keep in zip(boxes, scores, inside) if keep]
-    return sorted(found, key=lambda region: -region["score"])
+    found = np.asarray(scores) > 0
+    boxes = np.asarray(boxes, np.float64)[found] * padding.side
+    xywh = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1],
+                     boxes[:, 2] - boxes[:, 0]], axis=-1).reshape(-1, 4)
+    original, inside = padding.boxes_to_original(xywh)
+    kept = [{"box": box.tolist(), "score": float(score)}
+            for box, score, keep in zip(original, np.asarray(scores)[found], inside) if keep]
+    return sorted(kept, key=lambda region: -region["score"])
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     """The model's answer on one scan: probs [K], maps [h, w, K] over the padded square, the
-    `io.Padding`, and {class index: `find_regions`} for the reported classes."""
+    `io.Padding`, and {class index: `regions_in_original`} for the reported classes."""
     probs: np.ndarray
     maps: np.ndarray
     padding: io_lib.Padding
@@ -185,8 +185,12 @@ def predict_scan(predictor, scan, threshold, class_ids):
     outputs = predictor.serve(tf.constant(square[None, :, :, None], tf.float32))
     probs = outputs[predictor.metadata["score_key"]].numpy()[0]
     maps = outputs[predictor.metadata["map_key"]].numpy()[0]
+    # The model's region rule at `threshold` (the served region outputs use the exported
+    # threshold): the same `inference.region_boxes` the signature runs.
+    rule = RegionRule(**{**predictor.metadata["region_rule"], "threshold": float(threshold)})
+    boxes, scores = (x.numpy()[0] for x in inference.region_boxes(maps[None], rule))
     return Prediction(probs=probs, maps=maps, padding=padding, regions={
-        k: find_regions(maps[..., k], threshold, padding) for k in class_ids})
+        k: regions_in_original(boxes[k], scores[k], padding) for k in class_ids})
 
 
 def top_findings(prediction, class_ids, top_k):

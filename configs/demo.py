@@ -1,29 +1,22 @@
-"""The demo: Li et al. 2018 with a tiny ResNet-v2 on small synthetic images (minutes on a CPU).
-
-Same model, loss, protocol and evaluation as `li2018_table2.py`; only the sizes shrink: 128 px
-images, a 4-stage ResNet-v2 of width 8-64, P = 8, no ImageNet weights (nothing is downloaded).
-"""
+"""The demo (`make demo`): Li et al. 2018's experiment (`li2018_table2.py`) at a laptop's size:
+128 px images, the tiny ResNet-v2 of the smoke mode, P = 8, 2,000 steps on synthetic data, no
+ImageNet weights (nothing is downloaded). `:tiny` shortens it to the smoke mode's steps."""
 
 from chestxray_tf.training import defaults
 
 
-def get_config():
-    config = defaults.base_config()
+def get_config(arg=None):
+    args = defaults.parse_arg(arg)
+    config = defaults.smoke(defaults.base_config("li2018"))
     config.name = "demo"
-    config.model.backbone = "resnet_v2_tiny"
-    config.model.weights = None
-    config.model.grid = 8
-    config.model.head_width = 64
-    config.data.image_size = 128
-    config.data.annotated_fraction = 0.8
-    config.data.unannotated_fraction = 0.5
-    config.data.shuffle_buffer = 256
-    config.train.batch_size = 16
-    config.train.num_steps = 2000
-    config.train.lr_decay_epochs = 0            # constant lr over so few steps
-    config.train.checkpoint_every_steps = 250
-    config.train.eval_every_steps = 500
-    config.train.log_every_steps = 20
-    config.train.num_val_images = 128
-    config.eval.batch_size = 32
+    config.data.update(annotated_fraction=0.8, unannotated_fraction=0.5)  # Table 2's data
+    config.model.update(grid=8, head_width=64)
+    config.data.update(image_size=128, shuffle_buffer=256, num_parallel_calls=4,
+                       cycle_length=4)
+    config.train.update(batch_size=16, num_steps=2000, checkpoint_every_steps=250,
+                        eval_every_steps=500, log_every_steps=20, num_val_images=128,
+                        num_summary_images=4, progress_bar=True)
+    config.eval.update(batch_size=32, gallery_images=8)
+    if args["tiny"]:
+        config.train.update(num_steps=10, checkpoint_every_steps=5, eval_every_steps=5)
     return config

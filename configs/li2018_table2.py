@@ -1,15 +1,17 @@
 """Li et al. 2018, Table 2: localization, 80% annotated + 50% unannotated images (SPEC §1).
 
-`--config=configs/li2018_table2.py:grid=12` picks another patch grid P (12, 16 or 20).
+`--config=configs/li2018_table2.py:grid=12` picks another patch grid P (12, 16 or 20); `:tiny`
+is the smoke mode (alone or with others, e.g. `:tiny,grid=12`).
 """
 
 from chestxray_tf.training import defaults
 
 
 def get_config(arg=None):
-    config = defaults.base_config()
+    args = defaults.parse_arg(arg, grid=int)
+    config = defaults.base_config("li2018")
     config.name = "li2018_table2"
     config.data.annotated_fraction = 0.8
     config.data.unannotated_fraction = 0.5
-    config.model.grid = int(arg.split("=")[-1]) if arg else 16
-    return config
+    config.model.grid = args.get("grid", 16)
+    return defaults.smoke(config) if args["tiny"] else config

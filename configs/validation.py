@@ -14,35 +14,28 @@ from chestxray_tf.training import defaults
 VARIANTS = ("li2018", "li2018_p20", "li2018_p20_unsmoothed", "baseline")
 
 
-def get_config(variant="li2018"):
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown validation variant {variant!r}; expected one of "
-                         f"{', '.join(VARIANTS)}")
-    config = defaults.base_config()
+def get_config(arg="li2018"):
+    """`arg`: a variant, optionally with `tiny` (the smoke mode's steps), e.g. "baseline,tiny"."""
+    words = [w.strip() for w in (arg or "li2018").split(",") if w.strip()]
+    variants = [w for w in words if w != "tiny"] or ["li2018"]
+    variant = variants[0]
+    if variant not in VARIANTS or len(variants) > 1:
+        raise ValueError(f"unknown validation variant {arg!r}; expected one of "
+                         f"{', '.join(VARIANTS)} (and optionally tiny)")
+    task = "baseline" if variant == "baseline" else "li2018"
+    # The smoke mode's tiny ResNet-v2, at 128 px and 900 steps.
+    config = defaults.smoke(defaults.base_config(task))
     config.name = f"validation_{variant}"
-    config.model.backbone = "resnet_v2_tiny"
-    config.model.weights = None
-    config.model.grid = 20 if variant.startswith("li2018_p20") else 8
-    config.model.head_width = 64
-    if variant == "li2018_p20_unsmoothed":
-        config.model.smoothing = None
-    if variant == "baseline":
-        config.model.name = "baseline"
-    config.data.image_size = 128
-    config.data.annotated_fraction = 0.8
-    config.data.unannotated_fraction = 0.8
-    config.data.shuffle_buffer = 256
-    config.data.num_parallel_calls = 2
-    config.data.cycle_length = 2
-    config.train.batch_size = 16
-    config.train.num_steps = 900
-    config.train.lr_decay_epochs = 0            # constant lr over so few steps
-    config.train.checkpoint_every_steps = 500
-    config.train.eval_every_steps = 0
-    config.train.log_every_steps = 50
-    config.train.num_val_images = 128
-    config.train.num_summary_images = 2
-    config.train.progress_bar = False
-    config.eval.batch_size = 32
-    config.eval.gallery_images = 4
+    if task == "li2018":
+        config.model.grid = 20 if variant.startswith("li2018_p20") else 8
+        config.model.head_width = 64
+        if variant == "li2018_p20_unsmoothed":
+            config.model.smoothing = None
+    config.data.update(image_size=128, annotated_fraction=0.8, unannotated_fraction=0.8,
+                       shuffle_buffer=256)
+    config.train.update(batch_size=16, num_steps=900, checkpoint_every_steps=500,
+                        log_every_steps=50, num_val_images=128)
+    config.eval.update(batch_size=32, gallery_images=4)
+    if "tiny" in words:
+        config.train.update(num_steps=10, checkpoint_every_steps=5)
     return config

@@ -12,11 +12,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from chestxray_tf import export
+from chestxray_tf import export, inference
+from chestxray_tf.tasks.base import RegionRule
 from chestxray_tf import io as io_lib
 from chestxray_tf.data import pipeline
-from chestxray_tf.training import checkpoints
+from chestxray_tf import workdir as workdir_lib
 
+LI_RULE = RegionRule(0.5)  # Li et al.: every cell > 0.5 together as one region
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FRESH_PROCESS = textwrap.dedent("""
@@ -65,12 +67,12 @@ def test_region_boxes_hand_checked():
     maps[0, 1, 2, 0] = 0.7
     maps[0, 2, 3, 0] = 0.9       # class 0: rows 1-2, cols 2-3; class 1: nothing
     maps[0, 0, 0, 1] = 0.5       # not > 0.5
-    boxes, scores = export.region_boxes(maps, 0.5)
-    np.testing.assert_allclose(boxes[0], [[0.25, 0.5, 0.75, 1.0], [0, 0, 0, 0]])
-    np.testing.assert_allclose(scores[0], [0.9, 0.0])
+    boxes, scores = inference.region_boxes(maps, LI_RULE)
+    np.testing.assert_allclose(boxes[0, :, 0], [[0.25, 0.5, 0.75, 1.0], [0, 0, 0, 0]])
+    np.testing.assert_allclose(scores[0, :, 0], [0.9, 0.0])
     moved = export.boxes_to_input_frame(boxes, tf.constant([[40, 80]]))
     # y: 0.25 * 80 = 20 -> (20 - 20) / 40 = 0; 0.75 * 80 = 60 -> 40 / 40 = 1.
-    np.testing.assert_allclose(moved[0], [[0.0, 0.5, 1.0, 1.0], [0, 0, 0, 0]])
+    np.testing.assert_allclose(moved[0, :, 0], [[0.0, 0.5, 1.0, 1.0], [0, 0, 0, 0]])
 
 
 def test_region_boxes_random_maps_match_the_reference():
@@ -78,17 +80,17 @@ def test_region_boxes_random_maps_match_the_reference():
     maps = rng.uniform(0, 1, (5, 6, 7, 3)).astype(np.float32) ** 4   # sparse above 0.5
     maps[1] = 0.1                                                      # an image without regions
     sizes = np.array([[30, 30], [30, 50], [50, 30], [17, 64], [64, 9]], np.int32)
-    boxes, scores = export.region_boxes(maps, 0.5)
+    boxes, scores = inference.region_boxes(maps, LI_RULE)
     moved = export.boxes_to_input_frame(boxes, tf.constant(sizes))
     expected_boxes, expected_scores = region_boxes_reference(maps, 0.5, sizes)
     assert expected_scores.any() and not expected_scores[1].any()
-    np.testing.assert_allclose(moved, expected_boxes, atol=1e-6)
-    np.testing.assert_allclose(scores, expected_scores, atol=1e-7)
+    np.testing.assert_allclose(moved[:, :, 0], expected_boxes, atol=1e-6)
+    np.testing.assert_allclose(scores[:, :, 0], expected_scores, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
-    config, model, _ = checkpoints.restore_model(str(trained_run))
+    config, model, _ = workdir_lib.restore_model(str(trained_run))
     out = tmp_path_factory.mktemp("export") / "saved_model"
     # A threshold that some patches of the barely trained model pass: its median on a mid-grey
     # image (the regions are compared exactly, whatever passes).
@@ -134,8 +136,9 @@ def test_saved_model_in_a_fresh_process_matches_keras(exported, tmp_path):
     for prefix, sizes in (("encoded_", [g.shape for g in grey]), ("float_", [(80, 80)] * 2)):
         boxes, scores = region_boxes_reference(served[prefix + "patch_probs"], threshold, sizes)
         assert scores.any() and not scores.all()
-        np.testing.assert_allclose(served[prefix + "region_boxes"], boxes, atol=1e-6)
-        np.testing.assert_allclose(served[prefix + "region_scores"], scores, atol=1e-7)
+        np.testing.assert_allclose(served[prefix + "region_boxes"][:, :, 0], boxes, atol=1e-6)
+        np.testing.assert_allclose(served[prefix + "region_scores"][:, :, 0], scores, atol=1e-7)
+        np.testing.assert_allclose(served[prefix + "maps"], served[prefix + "patch_probs"])
 
 
 def test_metadata_names_the_outputs(exported):
@@ -143,7 +146,8 @@ def test_metadata_names_the_outputs(exported):
     metadata = export.read_metadata(str(out))
     assert metadata["class_names"][:2] == ["Atelectasis", "Cardiomegaly"]
     assert len(metadata["class_names"]) == config.model.num_classes
-    assert (metadata["map_key"], metadata["score_key"]) == ("patch_probs", "image_probs")
+    assert (metadata["map_key"], metadata["score_key"]) == ("maps", "scores")
+    assert metadata["region_rule"]["keep"] == "all" and metadata["task"] == "li2018"
     assert metadata["image_size"] == config.data.image_size
     assert 0 < metadata["region_threshold"] < 1
     with pytest.raises(FileNotFoundError, match="not written by chestxray_tf.export"):
@@ -165,3 +169,27 @@ def test_cli_export(trained_run, tmp_path):
         timeout=300, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "saved_model.pb").exists() and "ckpt-12" in result.stdout
+
+
+def test_saved_model_cli_runs_the_export(exported, tmp_path):
+    """The C++ loader of `saved_model_cli run` (and TF Serving) finds every variable: PNG bytes
+    in, the Keras model's outputs out."""
+    config, model, out = exported
+    grey = np.random.default_rng(3).integers(0, 256, (config.data.image_size,) * 2,
+                                             dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "scan.png")
+    np.save(tmp_path / "images.npy", np.array([(tmp_path / "scan.png").read_bytes()],
+                                              dtype=object))
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    result = subprocess.run(
+        [cli, "run", "--dir", str(out), "--tag_set", "serve", "--signature_def",
+         "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}",
+         "--outdir", str(tmp_path / "cli_out")], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = model(pipeline.preprocess_image(grey[..., None], config.data.image_size,
+                                               config.data.normalization)[None],
+                     training=False)
+    for key in ("image_probs", "patch_probs"):
+        np.testing.assert_allclose(np.load(tmp_path / "cli_out" / f"{key}.npy"), expected[key],
+                                   rtol=1e-5, atol=1e-6)

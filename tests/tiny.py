@@ -1,19 +1,15 @@
-"""A tiny Li et al. config for the training, evaluation and export tests."""
+"""The tiny Li et al. config of the training, evaluation and export tests: the smoke mode of
+`configs/li2018.py` (`:tiny`) on a given set."""
 
 from chestxray_tf.training import defaults
 
 
-def tiny_config(manifest, **train):
-    """Tiny ResNet-v2 at 64 px, P = 4, global batch 4, a few steps; `train` overrides
-    config.train fields."""
-    config = defaults.base_config()
+def tiny_config(manifest, task="li2018", **train):
+    """`configs/li2018.py:tiny` (or another task's smoke mode) on `manifest`: 64 px, global
+    batch 4, 10 steps, default strategy; `train` overrides config.train fields."""
+    config = defaults.smoke(defaults.base_config(task))
     config.name = "tiny"
-    config.model.update(backbone="resnet_v2_tiny", weights=None, grid=4, head_width=16)
-    config.data.update(manifest=str(manifest), image_size=64, shuffle_buffer=64,
-                       annotated_fraction=0.8, unannotated_fraction=0.4, num_parallel_calls=2)
-    config.train.update(strategy="default", batch_size=4, num_steps=10, lr_decay_epochs=0,
-                        checkpoint_every_steps=5, log_every_steps=2, num_val_images=16,
-                        num_summary_images=2, progress_bar=False)
+    config.data.update(manifest=str(manifest), annotated_fraction=0.8, unannotated_fraction=0.4)
+    config.train.update(strategy="default")
     config.train.update(**train)
-    config.eval.update(batch_size=8, gallery_images=2)
     return config

@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from chestxray_tf import cli
-from chestxray_tf.evaluation import cross_validation
+from chestxray_tf import cross_validation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path of a config file in configs/.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the folds' runs and the report.")
@@ -26,8 +26,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.quiet_tensorflow()
     folds = [int(f) for f in _FOLDS.value]
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    cross_validation.check_overrides(overrides)
     if _PRINT.value:
-        overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
         print("\n".join(cross_validation.fold_commands(
             config_flags.get_config_filename(flags.FLAGS["config"]), overrides,
             _WORKDIR.value, folds)))

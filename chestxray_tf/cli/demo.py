@@ -15,7 +15,8 @@ from ml_collections import config_flags
 from chestxray_tf import cli, export
 from chestxray_tf.data import build, synthetic
 from chestxray_tf.evaluation import evaluate
-from chestxray_tf.training import checkpoints, trainer
+from chestxray_tf import workdir as workdir_lib
+from chestxray_tf.training import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The demo's config.")
 _WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where everything is written.")
@@ -67,7 +68,7 @@ def main(argv):
     print(f"evaluated ({time.time() - t:.0f} s)")
 
     t = _step("5/5 export the SavedModel")
-    restored_config, model, _ = checkpoints.restore_model(run_dir)
+    restored_config, model, _ = workdir_lib.restore_model(run_dir)
     saved_model = export.export_saved_model(model, restored_config,
                                             os.path.join(run_dir, "export"))
     print(f"exported ({time.time() - t:.0f} s)")

@@ -6,7 +6,7 @@ import os
 from absl import app, flags, logging
 
 from chestxray_tf import cli, export
-from chestxray_tf.training import checkpoints
+from chestxray_tf import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's --workdir.")
 _OUTPUT = flags.DEFINE_string("output", None, "SavedModel folder (default: WORKDIR/export).")
@@ -20,7 +20,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.quiet_tensorflow()
-    config, model, path = checkpoints.restore_model(_WORKDIR.value, _CHECKPOINT.value)
+    config, model, path = workdir_lib.restore_model(_WORKDIR.value, _CHECKPOINT.value)
     output = _OUTPUT.value or os.path.join(_WORKDIR.value, "export")
     export.export_saved_model(model, config, output, region_threshold=_THRESHOLD.value)
     logging.info("exported %s to %s", path, output)

@@ -293,12 +293,19 @@ def li2018_split(meta, folds, test_fold, annotated_fraction, unannotated_fractio
     The test set is every image of fold `test_fold`. The training set takes, from the other
     folds, `annotated_fraction` of ALL annotated images and `unannotated_fraction` of ALL
     unannotated images (fractions of the whole sets, as the paper states them: 0.7 / 0.7 for
-    Table 1, 0.8 / 0.5 for Table 2), drawn with `seed`. A fraction above what the other folds
-    hold is an error, except that the whole of the other folds is taken when the request
-    exceeds it by less than one fold's rounding (0.8 with 5 slightly uneven folds).
+    Table 1, 0.8 / 0.5 for Table 2), drawn with `seed`. The whole of the other folds is taken
+    when the request exceeds them by less than one fold's rounding (0.8 with 5 slightly uneven
+    folds).
+
+    An unannotated fraction above the other folds' share (up to 1.0 = every unannotated image,
+    Li et al. Fig. 5 and the last bar of Fig. 6: "unannotated samples, 100% (111,240
+    images)") also draws from the test fold's unannotated images: those experiments measure
+    localization only, on the fold's annotated images, so the test set is then the fold's
+    images that do not train. An annotated fraction above the other folds' share is an error
+    (the test fold's boxes are what is measured).
 
     Returns:
-        (train_ids, test_ids): lists of image ids, sorted.
+        (train_ids, test_ids): lists of image ids, sorted; disjoint.
     """
     images = meta.images
     fold = folds.reindex(images["image_id"]).to_numpy()
@@ -308,23 +315,27 @@ def li2018_split(meta, folds, test_fold, annotated_fraction, unannotated_fractio
     in_test = fold == test_fold
     if not in_test.any():
         raise ValueError(f"test fold {test_fold} holds no image")
+    share = (num_folds - 1) / num_folds
     rng = np.random.default_rng(seed)
+    ids = images["image_id"].to_numpy()
     train = []
     for is_annotated, fraction in ((True, annotated_fraction), (False, unannotated_fraction)):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fractions must lie in [0, 1], got {fraction}")
         in_set = images["has_box"].to_numpy() == is_annotated
-        pool = images["image_id"].to_numpy()[in_set & ~in_test]
+        beyond_folds = not is_annotated and fraction > share + 1e-9
+        pool = ids[in_set] if beyond_folds else ids[in_set & ~in_test]
         want = int(round(fraction * in_set.sum()))
         if want > len(pool):
-            if fraction > (num_folds - 1) / num_folds + 1e-9:
-                kind = "annotated" if is_annotated else "unannotated"
+            if fraction > share + 1e-9:
                 raise ValueError(
-                    f"{kind} fraction {fraction} asks for {want} images but the folds other "
-                    f"than {test_fold} hold {len(pool)} ({(num_folds - 1) / num_folds:.0%})")
+                    f"annotated fraction {fraction} asks for {want} images but the folds other "
+                    f"than {test_fold} hold {len(pool)} ({share:.0%}): the test fold's boxes "
+                    "are what localization measures")
             want = len(pool)
         train += _sample(pool, want, rng)
-    return sorted(train), sorted(images["image_id"].to_numpy()[in_test])
+    test = sorted(set(ids[in_test]) - set(train))
+    return sorted(train), test
 
 
 def _take_patients(images, patients, target, rng):

@@ -32,7 +32,6 @@ from chestxray_tf import labels as labels_lib
 from chestxray_tf.data import augment as augment_lib
 from chestxray_tf.data import example
 from chestxray_tf.data import manifest as manifest_lib
-from chestxray_tf.data import nih
 from chestxray_tf.data import records as records_lib
 from chestxray_tf.data import targets
 
@@ -40,39 +39,6 @@ NORMALIZATIONS = ("minus_one_one", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = {"hermoza": augment_lib.hermoza}
-PROTOCOLS = ("li2018", "official", "sedai2018")
-
-
-def select_ids(manifest_path, protocol, **kwargs):
-    """Image ids of a paper's split of a built set, from its metadata.csv (no shard is read).
-
-    Args:
-        manifest_path: the set's folder or manifest.json.
-        protocol: 'li2018' (kwargs of `nih.li2018_split`: test_fold, annotated_fraction,
-            unannotated_fraction, seed), 'official' (val_fraction, seed; needs a set built with
-            the official lists) or 'sedai2018' (seed, fractions).
-
-    Returns:
-        dict split name -> sorted list of ids: {'train', 'test'} for li2018, {'train', 'val',
-        'test'} for the others.
-    """
-    meta, folds = manifest_lib.nih_tables(manifest_path)
-    if protocol == "li2018":
-        return dict(zip(("train", "test"), nih.li2018_split(meta, folds, **kwargs)))
-    if protocol == "official":
-        split = meta.images["split"]
-        if (split == example.SPLIT_UNKNOWN).any():
-            raise ValueError(f"{manifest_lib.manifest_file(manifest_path)}: the set was built "
-                             "without train_val_list.txt / test_list.txt, so it has no official "
-                             "split")
-        ids = meta.images["image_id"]
-        return dict(zip(("train", "val", "test"), nih.official_split(
-            meta, list(ids[split == "train_val"]), list(ids[split == "test"]), **kwargs)))
-    if protocol == "sedai2018":
-        return dict(zip(("train", "val", "test"), nih.sedai2018_split(meta, **kwargs)))
-    raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
-
-
 def _pad_boxes(features, max_boxes):
     """Boxes [N, 4] -> [M, 4] zero-padded, labels [N] -> [M] padded with -1 (N > M: error)."""
     boxes, labels = features["boxes"], tf.cast(features["box_labels"], tf.int32)

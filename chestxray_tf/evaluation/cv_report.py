@@ -17,6 +17,7 @@ folds it has.
 """
 
 import json
+import math
 import os
 import pathlib
 
@@ -70,8 +71,10 @@ def aggregate(values, ddof=SAMPLE_STD_DDOF, path="results"):
         path: the entry's name, for errors.
 
     Returns:
-        dicts recurse; a number becomes {"mean", "std", "n", "folds"}; any other value (e.g.
-        "inclusive", the threshold selection) must agree over the folds and is kept.
+        dicts recurse; a number becomes {"mean", "std", "sem", "n", "folds"} (sem = std /
+        sqrt(n), the standard error of the mean: Li et al. report "standard errors"); any
+        other value (e.g. "inclusive", the threshold selection) must agree over the folds and
+        is kept.
     """
     present = [v for v in values if v is not None]
     if any(isinstance(v, dict) for v in present):
@@ -82,7 +85,8 @@ def aggregate(values, ddof=SAMPLE_STD_DDOF, path="results"):
                              f"{path}.{k}") for k in keys}
     if all(_is_number(v) for v in present):
         mean, std, n = fold_statistics(values, ddof)
-        return {"mean": mean, "std": std, "n": n, "folds": list(values)}
+        sem = None if std is None else std / math.sqrt(n)
+        return {"mean": mean, "std": std, "sem": sem, "n": n, "folds": list(values)}
     distinct = sorted({json.dumps(v) for v in present})
     if len(distinct) > 1:
         raise ValueError(f"{path} differs between folds: {', '.join(distinct)}")
@@ -107,7 +111,15 @@ def write_cv_report(out_dir, fold_reports, *, ddof=SAMPLE_STD_DDOF):
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = load_fold_reports(fold_reports)
+    tested = [((report.get("config") or {}).get("data") or {}).get("test_fold")
+              for _, report in reports]
+    repeated = sorted({f for f in tested if f is not None and tested.count(f) > 1})
+    if repeated:
+        raise ValueError(f"fold(s) {repeated} are tested by more than one report "
+                         f"({', '.join(str(p) for p, _ in reports)}): a cross-validation "
+                         "averages distinct folds")
     paper = reports[0][1]["paper"]
+    against = reports[0][1].get("compared_with", "paper")
     published = load_published(paper)
     runs = [report["results"] for _, report in reports]
     folds = [{"report": pathlib.Path(os.path.relpath(path, out_dir)).as_posix(),
@@ -115,7 +127,8 @@ def write_cv_report(out_dir, fold_reports, *, ddof=SAMPLE_STD_DDOF):
     std_name = f"standard deviation over folds, numpy.std(ddof={ddof})"
     payload = {"paper": paper, "source": published["source"], "folds": folds,
                "std": std_name, "ddof": ddof, "results": aggregate(runs, ddof),
-               "tables": compare(published, runs, ddof, name=f"this CV ({_folds(len(runs))})")}
+               "tables": compare(published, runs, ddof, name=f"this CV ({_folds(len(runs))})",
+                                 against=against)}
     paths = {"json": out_dir / "cv_report.json", "markdown": out_dir / "cv_report.md"}
     write_json(paths["json"], payload)
     header = [f"Paper: {published['source']['citation']}", "",

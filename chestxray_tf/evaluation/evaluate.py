@@ -2,14 +2,15 @@
 
 `evaluate(workdir, checkpoint, split)` restores the run, predicts the split's images, and
 writes WORKDIR/eval/: report.json, report.md, roc_curves.png and one heat-map gallery per
-boxed class. The model's outputs are read by key (`registry.Paper.score_key`, `map_key`), so
-any paper's maps serve: a patch grid, a CAM at another resolution, a saliency map.
+boxed class. The task's inference rule gives the scores, the maps and their regions
+(`Task.scores`, `Task.maps`, `Task.region_rule` through `chestxray_tf.inference`, the same
+code the SavedModel runs), so any paper's maps serve: a patch grid, a CAM, a saliency map.
 
-Localization (Li et al. 2018, Sec. 4.2): the region of class k is every cell of the map with
-value > T_s (`config.eval.region_threshold`, 0.5), all connected components together
-("discrete regions count as one region"); its IoU and IoR with the union of the image's true
-boxes of class k are measured in pixels of the model's input frame, for every test image
-with a box of class k; the accuracy at T is the fraction of those with IoU (IoR) > T.
+Localization (Li et al. 2018, Sec. 4.2): the region of class k is the task's region on the
+map of class k (Li: every cell with value > T_s, `config.eval.region_threshold`, all
+connected components together); its IoU and IoR with the union of the image's true boxes of
+class k are measured in pixels of the model's input frame, for every test image with a box of
+class k; the accuracy at T is the fraction of those with IoU (IoR) > T.
 """
 
 import dataclasses
@@ -19,12 +20,11 @@ from absl import logging
 import numpy as np
 from tqdm import tqdm
 
-from chestxray_tf import geometry
+from chestxray_tf import geometry, inference, tasks as tasks_lib, workdir as workdir_lib
+from chestxray_tf.data import selection
 from chestxray_tf.evaluation import figures, report, results as results_lib
-from chestxray_tf.labels import BOXED_CLASSES, CLASS_NAMES
-from chestxray_tf.metrics import auc as auc_lib, localization, regions
-from chestxray_tf.models import registry
-from chestxray_tf.training import checkpoints, data as data_lib
+from chestxray_tf.labels import BOXED_CLASSES
+from chestxray_tf.metrics import auc as auc_lib, localization
 
 SPLITS = ("test_fold", "official_test", "val")
 # Random placements of each region for the chance level of localization.
@@ -36,8 +36,9 @@ class Predictions:
     """A model's predictions over a split (maps kept for the images with boxes only).
 
     image_ids [N]; labels, probs [N, K]; boxes: per image [M, 4] xywh in pixels of the model's
-    input frame and box_labels [M]; maps: image index -> [h, w, K]; images: image index ->
-    [S, S] grey model input, for the images whose map is kept.
+    input frame and box_labels [M]; maps: image index -> [h, w, K]; regions: image index ->
+    bool [h, w, K], the task's region of each class; images: image index -> [S, S] grey model
+    input, for the images whose map is kept.
     """
     image_ids: list
     labels: np.ndarray
@@ -45,21 +46,25 @@ class Predictions:
     boxes: list
     box_labels: list
     maps: dict
+    regions: dict
     images: dict
     image_size: int
 
 
 def predict(model, config, image_ids, *, progress=True):
     """Runs `model` over `image_ids` (eval order) and collects `Predictions`."""
-    paper = registry.get_paper(config.model.name)
+    task = tasks_lib.get_task(config.task)(config)
+    rule = task.region_rule()
     size = config.data.image_size
-    dataset = data_lib.dataset(config.data, image_ids, training=False,
-                               batch_size=config.eval.batch_size)
-    ids, labels, probs, boxes, box_labels, maps, images = [], [], [], [], [], {}, {}
+    dataset = selection.dataset(config.data, image_ids, training=False,
+                                batch_size=config.eval.batch_size)
+    ids, labels, probs, boxes, box_labels, maps, regions, images = [], [], [], [], [], {}, {}, {}
     steps = -(-len(image_ids) // config.eval.batch_size)
     for batch in tqdm(dataset, total=steps, unit="batch", desc="evaluate", disable=not progress):
         outputs = model(batch["image"], training=False)
-        batch_maps = outputs[paper.map_key].numpy()
+        batch_maps = task.maps(outputs)
+        batch_regions = inference.region_mask(batch_maps, rule).numpy()
+        batch_maps = batch_maps.numpy()
         for i in range(len(batch["image_id"])):
             index = len(ids)
             ids.append(batch["image_id"][i].numpy().decode())
@@ -69,27 +74,28 @@ def predict(model, config, image_ids, *, progress=True):
             box_labels.append(batch["box_labels"][i].numpy()[valid])
             if valid.any():
                 maps[index] = batch_maps[i]
+                regions[index] = batch_regions[i]
                 images[index] = batch["image"][i].numpy().mean(axis=-1)
         labels.append(batch["labels"].numpy())
-        probs.append(outputs[paper.score_key].numpy())
+        probs.append(task.scores(outputs).numpy())
     if len(ids) < len(image_ids):  # only with data.skip_corrupt; the pipeline named them
         logging.warning("evaluated %d of the %d selected images: %d corrupt records skipped "
                         "(data.skip_corrupt=True)", len(ids), len(image_ids),
                         len(image_ids) - len(ids))
     return Predictions(ids, np.concatenate(labels), np.concatenate(probs), boxes, box_labels,
-                       maps, images, size)
+                       maps, regions, images, size)
 
 
-def localization_overlaps(pred, region_threshold, shift_rng=None):
+def localization_overlaps(pred, shift_rng=None):
     """(class_ids, iou, ior) over every (image, boxed class) pair of the predictions.
 
     With `shift_rng` (a numpy Generator), each region is first rolled by a random offset on
     its grid (same shape and size, random place): the chance level of the model's regions.
     """
     class_ids, ious, iors = [], [], []
-    for index, class_map in pred.maps.items():
+    for index, class_regions in pred.regions.items():
         for k in np.unique(pred.box_labels[index]):
-            region = regions.map_to_region(class_map[..., k], region_threshold, keep="all")
+            region = class_regions[..., k]
             if shift_rng is not None:
                 region = np.roll(region, shift_rng.integers(0, region.shape), axis=(0, 1))
             iou, ior = localization.iou_and_ior(region, pred.boxes[index][pred.box_labels[index]
@@ -117,11 +123,11 @@ def compute_results(pred, config, split):
     if config.eval.experiment:
         out["experiment"] = config.eval.experiment
     thresholds = tuple(config.eval.iou_thresholds)
-    class_ids, ious, iors = localization_overlaps(pred, config.eval.region_threshold)
+    class_ids, ious, iors = localization_overlaps(pred)
     if len(class_ids):
         out["localization"] = _accuracy(class_ids, ious, iors, thresholds)
         rng = np.random.default_rng(0)
-        draws = [localization_overlaps(pred, config.eval.region_threshold, rng)
+        draws = [localization_overlaps(pred, rng)
                  for _ in range(CHANCE_DRAWS)]
         out["localization_chance"] = _accuracy(
             np.concatenate([d[0] for d in draws]), np.concatenate([d[1] for d in draws]),
@@ -153,7 +159,7 @@ def write_figures(pred, config, out_dir):
               f"{config.eval.region_threshold} (cyan)"] = figures.plot_heatmap_gallery(
             [pred.images[i] for i in chosen], maps,
             [pred.boxes[i][pred.box_labels[i] == k] for i in chosen],
-            [m > config.eval.region_threshold for m in maps],
+            [pred.regions[i][..., k] for i in chosen],
             [f"{pred.image_ids[i]}  p={pred.probs[i, k]:.2f}" for i in chosen],
             os.path.join(out_dir, f"heatmaps_{name}.png"))
     return paths
@@ -164,14 +170,14 @@ def split_ids(config, split):
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if split == "official_test":
-        return data_lib.select(config.data, protocol="official").test
-    selection = data_lib.select(config.data)
-    return selection.val if split == "val" else selection.test
+        return selection.select(config.data, protocol="official").test
+    chosen = selection.select(config.data)
+    return chosen.val if split == "val" else chosen.test
 
 
 def evaluate(workdir, checkpoint="latest", split="test_fold", progress=True):
     """Evaluates a training run; returns the paths of the files written under WORKDIR/eval."""
-    config, model, path = checkpoints.restore_model(workdir, checkpoint)
+    config, model, path = workdir_lib.restore_model(workdir, checkpoint)
     ids = split_ids(config, split)
     if not ids:
         raise ValueError(f"split {split} of {config.data.manifest} holds no image")
@@ -179,8 +185,9 @@ def evaluate(workdir, checkpoint="latest", split="test_fold", progress=True):
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     results = compute_results(pred, config, split)
-    paper = registry.get_paper(config.model.name)
-    paths = report.write_report(out_dir, results, paper.published or config.model.name,
-                                config=config.to_dict(),
-                                checkpoint=path, figures=write_figures(pred, config, out_dir))
+    task = tasks_lib.get_task(config.task)
+    paths = report.write_report(out_dir, results, task.published or task.name,
+                                config=config.to_dict(), checkpoint=path,
+                                figures=write_figures(pred, config, out_dir),
+                                against=task.published_row)
     return {**paths, "out_dir": out_dir}

@@ -102,7 +102,7 @@ def _notes(table, runs):
     return notes
 
 
-def compare_table(table, runs, ddof=1, name="this run"):
+def compare_table(table, runs, ddof=1, name="this run", against="paper"):
     """One published table with our row and its difference to the paper's own row appended to
     each group of rows (e.g. each T(IoU)), unless `runs` name another experiment.
 
@@ -111,6 +111,8 @@ def compare_table(table, runs, ddof=1, name="this run"):
         runs: normalised results of one run, or of every fold of a cross-validation.
         ddof: delta degrees of freedom of the std over runs.
         name: what our row is called ("this run"; `cv_report`: "this CV (5 folds)").
+        against: the role of the published row the difference is taken to: "paper" (the
+            paper's own method) or "baseline" (its reference, e.g. for our `baseline` task).
 
     Returns:
         dict: the table's description and "groups": [{"label", "rows"}], each row with
@@ -131,7 +133,9 @@ def compare_table(table, runs, ddof=1, name="this run"):
             if "paired_values" in row:
                 out["paired_values"] = row["paired_values"]
             out_rows.append(out)
-        reference = next(r for r in rows if r["role"] == "paper")
+        reference = next((r for r in rows if r["role"] == against), None)
+        if reference is None:
+            reference = next(r for r in rows if r["role"] == "paper")
         experiment = reference.get("experiment", table.get("experiment"))
         if experiments and experiment is not None and experiment not in experiments:
             groups.append({"label": group, "rows": out_rows})
@@ -158,9 +162,9 @@ def compare_table(table, runs, ddof=1, name="this run"):
             "paired_decimals": table.get("paired_decimals"), "notes": notes, "groups": groups}
 
 
-def compare(published, runs, ddof=1, name="this run"):
+def compare(published, runs, ddof=1, name="this run", against="paper"):
     """`compare_table` for every table of a published file."""
-    return [compare_table(t, runs, ddof, name) for t in published["tables"]]
+    return [compare_table(t, runs, ddof, name, against) for t in published["tables"]]
 
 
 # --- every metric of a run ---------------------------------------------------------------
@@ -349,7 +353,8 @@ def write_json(path, payload):
         f.write("\n")
 
 
-def write_report(out_dir, results, paper, *, config=None, checkpoint=None, figures=None):
+def write_report(out_dir, results, paper, *, config=None, checkpoint=None, figures=None,
+                 against="paper"):
     """Writes `report.json` and `report.md` of one evaluated run under `out_dir`.
 
     Args:
@@ -360,6 +365,7 @@ def write_report(out_dir, results, paper, *, config=None, checkpoint=None, figur
         checkpoint: the checkpoint the run was evaluated from.
         figures: {caption: path} or [paths] of PNGs (e.g. from `figures.py`), linked relative
             to `out_dir`.
+        against: the published row role our difference is taken to (`compare_table`).
 
     Returns:
         {"json": path, "markdown": path}.
@@ -368,12 +374,13 @@ def write_report(out_dir, results, paper, *, config=None, checkpoint=None, figur
     out_dir.mkdir(parents=True, exist_ok=True)
     published = load_published(paper)
     run = normalize_results(results)
-    tables = compare(published, [run])
+    tables = compare(published, [run], against=against)
     all_metrics = all_metrics_table([run])
     links = _figure_links(figures, out_dir)
     config = jsonable(config)
     checkpoint = None if checkpoint is None else str(checkpoint)
-    payload = {"paper": paper, "source": published["source"], "checkpoint": checkpoint,
+    payload = {"paper": paper, "compared_with": against, "source": published["source"],
+               "checkpoint": checkpoint,
                "config": config, "results": run, "tables": tables, "figures": links}
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
     write_json(paths["json"], payload)

@@ -8,8 +8,15 @@ For patch probabilities p_jk of the P x P patches j of an image and a class k:
   p(y_k | x) = 1 - prod_j (1 - p_jk).
 * Eq. 4 and the total loss: L = sum_k [ -lambda_bbox a_k log p(y_k | x, box)
   - (1 - a_k) (y_k log p(y_k | x) + (1 - y_k) log(1 - p(y_k | x))) ], where the annotation flag
-  a_k is per (image, class) (SPEC §1: a boxed image uses the image-level term for the classes
-  it has no box for). The L2 weight regularisation of Eq. 4 lives on the model's kernels.
+  a_k is per (image, class). The L2 weight regularisation of Eq. 4 lives on the model's kernels.
+
+A boxed image's other classes (`other_classes`): Sec. 3.2 says "for a class other than k, this
+image is treated as the negative sample without a bounding box". Two readings:
+* "image_label" (default, SPEC §1): such a class uses the image-level term with the image's
+  own label y_k. An NIH image boxed for one finding often carries other findings (its label
+  row says so); calling them negative would train against the labels.
+* "negative" (the literal reading): on an image with any box, every class without a box of
+  its own gets the image-level term with y_k = 0.
 
 Smoothing (Sec. 3.4, "Smoothing the image-level scores"): every factor p_jk and 1 - p_jk is
 mapped from [0, 1] to [s, 1], v -> s + (1 - s) v with s = `smoothing` = 0.98, before the
@@ -65,8 +72,11 @@ def image_probs(patch_probs, smoothing=0.98):
     return -ops.expm1(log_image_negative(patch_probs, smoothing))
 
 
+OTHER_CLASSES = ("image_label", "negative")
+
+
 def li2018_loss(labels, box_mask, has_box, patch_probs, *, lambda_bbox=5.0, smoothing=0.98,
-                return_terms=False):
+                other_classes="image_label", return_terms=False):
     """Per-example loss of Li et al. 2018, Eq. 4 summed over the classes.
 
     Args:
@@ -78,15 +88,23 @@ def li2018_loss(labels, box_mask, has_box, patch_probs, *, lambda_bbox=5.0, smoo
         lambda_bbox: weight of the box term (5 in the paper).
         smoothing: lower end s of the [s, 1] range the factors are mapped to (0.98 in the
             paper), or None for no mapping.
+        other_classes: the label of a boxed image's classes without a box: "image_label"
+            (its own y_k) or "negative" (0, the literal reading of Sec. 3.2); see the module
+            docstring.
         return_terms: also return the two terms of the loss.
 
     Returns:
         loss [B] = box_term + image_term; with `return_terms`, (loss, {"box_term": [B],
         "image_term": [B]}), each summed over the classes.
     """
+    if other_classes not in OTHER_CLASSES:
+        raise ValueError(f"other_classes must be one of {OTHER_CLASSES}, got {other_classes!r}")
     labels = ops.cast(labels, "float32")
     box_mask = ops.cast(box_mask, "float32")
     has_box = ops.cast(has_box, "float32")
+    if other_classes == "negative":
+        boxed_image = ops.max(has_box, axis=-1, keepdims=True)
+        labels = labels * (1.0 - boxed_image) + has_box
     log_p, log_not_p = log_patch_factors(patch_probs, smoothing)
     # Eq. 1: log p(y_k | x, box) = sum_{j in box} log p~ + sum_{j not in box} log (1 - p)~.
     log_box = _sum_patches(box_mask * log_p + (1.0 - box_mask) * log_not_p)

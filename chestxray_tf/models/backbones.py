@@ -10,11 +10,14 @@ ImageNet weights and any weights file saved from `ResNet50V2(include_top=False)`
 Unlike the Keras application it takes a kernel regulariser (the paper's L2 regularisation) and
 smaller widths/depths (the `resnet_v2_tiny` variant for tests and the demo).
 
-`build_backbone(name, ...)` picks a backbone by the name a config gives.
+`build_backbone(name, ...)` picks a backbone by the name a config gives; with `outputs` it
+returns the named multi-level taps (`pyramid_model`).
 """
 
+import dataclasses
 import functools
 import os
+from typing import Callable
 
 import keras
 
@@ -140,15 +143,74 @@ def _copy_weights_by_name(source, target):
             target.get_layer(layer.name).set_weights(layer.get_weights())
 
 
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A registered backbone.
+
+    build: (input_shape, *, weights, kernel_regularizer, name) -> functional `keras.Model` from
+        the image to its last feature map.
+    levels: pyramid level -> the layer whose output it is, keras-hub's `pyramid_outputs` style
+        ("P3" has stride 8, "P5" stride 32); any other layer name of the model is a tap too.
+    stride: the output stride of the last feature map.
+    """
+    build: Callable
+    levels: dict
+    stride: int = 32
+
+
+def _resnet_v2_levels(structure):
+    blocks = structure["blocks"]
+    return {"P3": f"conv2_block{blocks[0]}_out", "P4": f"conv3_block{blocks[1]}_out",
+            "P5": "post_relu"}
+
+
 BACKBONES = {
-    "resnet_v2_50": functools.partial(resnet_v2, **RESNET_V2_50),
-    "resnet_v2_tiny": functools.partial(resnet_v2, **RESNET_V2_TINY),
+    "resnet_v2_50": Backbone(functools.partial(resnet_v2, **RESNET_V2_50),
+                             _resnet_v2_levels(RESNET_V2_50)),
+    "resnet_v2_tiny": Backbone(functools.partial(resnet_v2, **RESNET_V2_TINY),
+                               _resnet_v2_levels(RESNET_V2_TINY)),
 }
 
 
-def build_backbone(name, input_shape=(512, 512, 3), weights=None, kernel_regularizer=None):
-    """The backbone registered as `name` (see `BACKBONES`), built for `input_shape`."""
+def get_backbone(name):
+    """The registered `Backbone` called `name`."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
-    return BACKBONES[name](input_shape, weights=weights, kernel_regularizer=kernel_regularizer,
+    return BACKBONES[name]
+
+
+def build_backbone(name, input_shape=(512, 512, 3), weights=None, kernel_regularizer=None,
+                   outputs=None):
+    """The backbone registered as `name` (see `BACKBONES`), built for `input_shape`.
+
+    Args:
+        outputs: None: the model ends at the last feature map. A sequence of pyramid levels
+            ("P3", ...) or layer names: the model's output is a dict {each name: its tensor}
+            (the multi-level taps of FPN-style heads and multiscale CAMs).
+    """
+    backbone = get_backbone(name)
+    model = backbone.build(input_shape, weights=weights, kernel_regularizer=kernel_regularizer,
                            name=name)
+    if outputs is None:
+        return model
+    return pyramid_model(model, outputs, backbone.levels)
+
+
+def pyramid_model(model, outputs, levels=None):
+    """`model` (functional) with a dict of named intermediate outputs instead of its own.
+
+    Args:
+        model: a functional `keras.Model`.
+        outputs: names of pyramid levels (keys of `levels`) or of layers of `model`.
+        levels: pyramid level -> layer name.
+    """
+    levels = levels or {}
+    layer_names = {layer.name for layer in model.layers}
+    taps = {}
+    for name in outputs:
+        layer = levels.get(name, name)
+        if layer not in layer_names:
+            raise ValueError(f"{model.name} has no pyramid level or layer named {name!r} "
+                             f"(levels: {', '.join(levels) or 'none'})")
+        taps[name] = model.get_layer(layer).output
+    return keras.Model(model.input, taps, name=model.name)

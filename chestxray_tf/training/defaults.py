@@ -3,34 +3,31 @@
 A config is data (`ml_collections.ConfigDict`): `--config=configs/li2018_table2.py
 --config.train.batch_size=10` sets any field from the command line, and the resolved config is
 saved as `WORKDIR/config.json` by the trainer.
+
+The shared sections (`data`, `train`, `eval`) are the same for every task; `model`, `loss`
+and `stages` are the task's own (`Task.default_config()`), so a key of one paper never reaches
+another paper's builder: `--config.model.fpn_channels=...` on Li's config is an unknown field.
 """
 
 import ml_collections
 
-from chestxray_tf.labels import NUM_CLASSES
+from chestxray_tf import tasks as tasks_lib
 
 
-def base_config():
-    """The config schema, defaults as in Li et al. 2018 (SPEC §1)."""
+def base_config(task="li2018"):
+    """The config schema of `task`: the shared sections plus the task's own."""
+    config = shared_config()
+    config.task = task
+    config.update(tasks_lib.get_task(task).default_config())
+    return config
+
+
+def shared_config():
+    """The sections every task shares, defaults as in Li et al. 2018 (SPEC §1)."""
     config = ml_collections.ConfigDict()
     config.name = "li2018"
+    config.task = ""                             # registry key: chestxray_tf.tasks.TASKS
     config.seed = 0
-
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "li2018"                 # registry key: builder and loss
-    config.model.backbone = "resnet_v2_50"
-    config.model.weights = "imagenet"            # None / "imagenet" / path of a weights file
-    config.model.grid = 16                       # P
-    config.model.head_width = 512                # c*
-    config.model.num_classes = NUM_CLASSES
-    config.model.smoothing = 0.98                # None: no [0.98, 1] mapping
-    config.model.weight_decay = 1e-4             # L2 on kernels; the paper gives no value
-    config.model.sync_batch_norm = False         # True: batch statistics over all replicas
-                                                 # (the paper trained 5 GPUs asynchronously,
-                                                 # each with its own batch of 5)
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.lambda_bbox = 5.0
 
     config.data = ml_collections.ConfigDict()
     config.data.manifest = ""                    # path of manifest.json (or its folder)
@@ -59,9 +56,19 @@ def base_config():
     config.train.learning_rate = 1e-3
     config.train.lr_decay_epochs = 10            # x lr_decay_factor every 10 epochs
     config.train.lr_decay_factor = 0.1
+    config.train.lr_staircase = True             # False: continuous exponential decay
+    config.train.lr_schedule = "step"            # step (the decay above) | plateau:
+    config.train.plateau_patience = 1            #   lr x plateau_factor after `patience`
+    config.train.plateau_factor = 0.1            #   validations whose val loss did not fall
+    config.train.plateau_min_delta = 1e-4        #   below the best by min_delta; the stage
+    config.train.plateau_min_lr = 0.0            #   stops when a plateau hits lr <= min_lr
+    config.train.select_by = "val_auc"           # best checkpoint: val_auc | val_loss
     config.train.weight_decay = 0.0              # decoupled (adamw only)
     config.train.momentum = 0.9                  # sgd only
     config.train.jit_compile = False
+    config.train.sync_batch_norm = False         # True: batch statistics over all replicas
+                                                 # (Li et al. trained 5 GPUs asynchronously,
+                                                 # each with its own batch of 5)
     config.train.checkpoint_every_steps = 1000
     config.train.keep_checkpoints = 3
     config.train.log_every_steps = 50
@@ -74,7 +81,47 @@ def base_config():
     config.eval.batch_size = 8
     config.eval.region_threshold = 0.5           # T_s: patches with p > 0.5 form the region
     config.eval.iou_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    config.eval.threshold_selection = "fixed"    # map thresholds: fixed (region_threshold)
     config.eval.experiment = "B"                 # the paper's experiment (Li: A = Table 1,
                                                  # B = Table 2) the report compares with
     config.eval.gallery_images = 8               # heat-map overlays per class in the report
+    return config
+
+
+def parse_arg(arg, **allowed):
+    """The argument of a config file, `--config=configs/X.py:ARG`: comma-separated words,
+    "tiny" (the smoke mode) and key=value pairs whose keys and types `allowed` names, e.g.
+    parse_arg("tiny,grid=12", grid=int) -> {"tiny": True, "grid": 12}.
+
+    Raises:
+        ValueError: an unknown key or a value of the wrong type.
+    """
+    out = {"tiny": False}
+    for word in filter(None, (w.strip() for w in (arg or "").split(","))):
+        if word == "tiny":
+            out["tiny"] = True
+            continue
+        key, sep, value = word.partition("=")
+        if not sep or key not in allowed:
+            raise ValueError(f"config argument {word!r}: expected 'tiny' or one of "
+                             f"{', '.join(f'{k}=...' for k in allowed) or '(no key)'}")
+        try:
+            out[key] = allowed[key](value)
+        except ValueError as e:
+            raise ValueError(f"config argument {word!r}: {e}") from e
+    return out
+
+
+def smoke(config):
+    """The `:tiny` smoke mode, in place: the same experiment, every stage, at test sizes (64 px,
+    tiny widths, the task's `smoke`), a few steps, no weights to download."""
+    config.data.update(image_size=64, shuffle_buffer=64, num_parallel_calls=2, cycle_length=2)
+    config.train.update(batch_size=4, num_steps=10, lr_decay_epochs=0, checkpoint_every_steps=5,
+                        log_every_steps=2, num_val_images=16, num_summary_images=2,
+                        progress_bar=False)
+    for stage in config.stages.values():
+        if "num_steps" in stage:
+            stage.num_steps = min(stage.num_steps, 10)
+    config.eval.update(batch_size=8, gallery_images=2)
+    tasks_lib.get_task(config.task).smoke(config)
     return config

@@ -1,20 +1,10 @@
-"""Optimiser and learning-rate schedule from `config.train` (SPEC §1-§5)."""
+"""Optimiser from a stage's train settings (SPEC §1-§5); its schedule from `schedules`."""
 
 import keras
 
+from chestxray_tf.training.schedules import learning_rate_schedule
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
-
-
-def learning_rate_schedule(train_config, steps_per_epoch):
-    """Step decay: lr x `lr_decay_factor` every `lr_decay_epochs` epochs (Li et al.: x0.1 every
-    10 epochs), or a constant lr when `lr_decay_epochs` is 0. Epochs count `steps_per_epoch`."""
-    if not train_config.lr_decay_epochs:
-        return train_config.learning_rate
-    return keras.optimizers.schedules.ExponentialDecay(
-        initial_learning_rate=train_config.learning_rate,
-        decay_steps=int(train_config.lr_decay_epochs * steps_per_epoch),
-        decay_rate=train_config.lr_decay_factor,
-        staircase=True)
 
 
 def make_optimizer(train_config, steps_per_epoch):

@@ -1,25 +1,31 @@
-"""The training loop: one custom loop for every `tf.distribute` strategy.
+"""The stage runner: one custom loop for every task, stage and `tf.distribute` strategy.
 
-`train(config, workdir)` trains the model named by `config.model.name` with its loss (both
-from `chestxray_tf.models.registry`) on the images the config's protocol selects:
+`train(config, workdir)` builds the Task of `config.task` (`chestxray_tf.tasks`) with the
+counts of its training selection, then runs the task's stages in order under
+WORKDIR/stages/<i>_<name>/ (`chestxray_tf.workdir`):
 
-* the step is a `tf.function` around `strategy.run` (as TF Model Garden's trainers do), not
-  `model.fit`, which fails under `MultiWorkerMirroredStrategy` in Keras 3
-  (keras-team/keras#20585); the input comes from `distribute_datasets_from_function`;
-* the per-example loss is averaged over the global batch and the model's L2 penalties are
-  scaled by the number of replicas (`tf.nn.compute_average_loss`,
-  `tf.nn.scale_regularization_loss`);
-* checkpoints (`tf.train.CheckpointManager`: model, optimizer and its step counter) every
-  `checkpoint_every_steps`; re-running the same command resumes at the saved step, in the
+* a finished stage (done.json) is skipped; a stage that starts fresh starts from the previous
+  stage's final checkpoint; a stage with checkpoints of its own resumes at its step, in the
   same data order (each epoch's order is a function of the seed and the epoch, and the
   consumed batches of the interrupted epoch are skipped);
-* a non-finite loss stops the run before anything is saved, so the last checkpoint on disk
-  is the last good one; `TrainingDivergedError` says at which step;
-* TensorBoard under `WORKDIR/logs`: the loss and its terms, the learning rate, images/s,
-  the validation AUC and heat-map overlays of a few validation images every epoch.
+* a gradient stage trains only the layers its `trainable` globs select (`tasks.base.
+  select_trainable`: the rest are frozen, bit-identical, batch norm in inference mode) with a
+  fresh optimizer of its own settings; a compute stage runs its function with the weights
+  fixed and checkpoints the model (variables it wrote included);
+* the step is a `tf.function` around `strategy.run` (as TF Model Garden's trainers do), not
+  `model.fit`, which fails under `MultiWorkerMirroredStrategy` in Keras 3
+  (keras-team/keras#20585); the input comes from `distribute_datasets_from_function`; the
+  per-example loss is averaged over the global batch and the model's L2 penalties are scaled
+  by the number of replicas;
+* a non-finite loss stops the run before anything is saved (`TrainingDivergedError`);
+* each validation (every epoch, or `eval_every_steps`) measures the validation AUC and, when
+  the stage's schedule or `select_by` needs it, the validation loss; the plateau schedule
+  (`training.schedules.Plateau`) adjusts the lr from it and may end the stage; the best
+  checkpoint by `select_by` is copied to checkpoints/best;
+* TensorBoard under the stage's logs/: the loss and its terms, lr, images/s, validation AUC
+  and loss, heat-map overlays of a few validation images.
 """
 
-import json
 import math
 import os
 import time
@@ -30,12 +36,14 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from chestxray_tf import fileio, tasks as tasks_lib, workdir as workdir_lib
+from chestxray_tf.data import manifest as manifest_lib, selection
 from chestxray_tf.metrics import auc as auc_lib
-from chestxray_tf.models import registry
-from chestxray_tf.training import data, optimizers, strategy as strategy_lib, summaries
+from chestxray_tf.models.layers import synchronize_batch_norm
+from chestxray_tf.tasks.base import DataStats, StageContext, select_trainable
+from chestxray_tf.training import optimizers, schedules, strategy as strategy_lib, summaries
 
-CHECKPOINT_DIR = "checkpoints"
-BEST_DIR = "checkpoints/best"
+SELECT_BY = ("val_auc", "val_loss")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -43,199 +51,304 @@ class TrainingDivergedError(RuntimeError):
 
 
 def save_config(config, workdir):
-    """Writes the resolved config as WORKDIR/config.json (a temporary file renamed into place:
-    a kill never leaves half a file; any `tf.io.gfile` path, e.g. gs://)."""
-    tf.io.gfile.makedirs(workdir)
-    path = os.path.join(workdir, "config.json")
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    """Writes the resolved config as WORKDIR/config.json atomically (any tf.io.gfile path)."""
+    fileio.atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
-def latest_checkpoint(folder):
-    """The checkpoint to resume from in `folder`, or None when it holds none.
-
-    Raises:
-        FileNotFoundError: `folder`/checkpoint names a checkpoint whose files are missing
-            (TensorFlow would only log it, and the run would start again from step 0).
-    """
-    path = tf.train.latest_checkpoint(folder)
-    state = os.path.join(folder, "checkpoint")
-    if path is None and tf.io.gfile.exists(state):
-        named = tf.train.get_checkpoint_state(folder).model_checkpoint_path
-        raise FileNotFoundError(
-            f"{state} names the checkpoint {named}, whose files are missing: restore them, "
-            "point model_checkpoint_path in that file at a whole checkpoint of the folder, or "
-            "remove the folder to start again from step 0")
-    return path
-
-
-def _checkpoint_dir(workdir, strategy, name):
-    """Chief: WORKDIR/name. Other workers write to a private folder (the collective save
-    needs every worker to write) that is never read."""
-    if strategy.extended.should_checkpoint:
-        return os.path.join(workdir, name)
-    return os.path.join(workdir, "tmp_worker", f"{name}_{strategy.cluster_resolver.task_id}")
-
-
-def build_state(config, strategy, steps_per_epoch):
-    """Model, optimizer (slots built) and checkpoint, created in the strategy's scope; the
-    initial weights are a function of `config.seed`."""
-    keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        model = registry.build_model(config)
-        optimizer = optimizers.make_optimizer(config.train, steps_per_epoch)
-        optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    return model, optimizer, checkpoint
+def training_stats(config, split):
+    """`DataStats` of the training selection (counts from metadata.csv)."""
+    table = manifest_lib.read_metadata(config.data.manifest)
+    return DataStats.from_table(table[table["image_id"].isin(split.train)])
 
 
 def _learning_rate(optimizer):
-    # Through NumPy: float() of a Keras variable fails when it wraps a distributed variable
-    # (MirroredStrategy, MultiWorkerMirroredStrategy).
+    # Through NumPy: float() of a Keras variable fails when it wraps a distributed variable.
     lr = optimizer.learning_rate
     return float(keras.ops.convert_to_numpy(lr(optimizer.iterations) if callable(lr) else lr))
 
 
-class Trainer:
-    """Holds the state of one run; `run()` trains to `config.train.num_steps`."""
+def _checkpoint_dir(folder, strategy):
+    """Chief: `folder`. Other workers write to a private folder (the collective save needs every
+    worker to write) that is never read."""
+    if strategy.extended.should_checkpoint:
+        return folder
+    return os.path.join(folder, "tmp_worker", str(strategy.cluster_resolver.task_id))
+
+
+class Run:
+    """One training run of a task: its strategy, split, task and model; `run()` runs the
+    stages."""
 
     def __init__(self, config, workdir):
         self.config = config
         self.workdir = workdir
         self.strategy = strategy_lib.get_strategy(config.train.strategy, config.train.tpu_address)
         self.chief = self.strategy.extended.should_checkpoint
-        self.global_batch = config.train.batch_size * self.strategy.num_replicas_in_sync
-        self.split = data.select(config.data)
+        self.split = selection.select(config.data)
         if not self.split.train:
             raise ValueError(f"the config's selection ({config.data.protocol}) holds no "
                              f"training image in {config.data.manifest}")
-        self.steps_per_epoch = (config.train.steps_per_epoch or
-                                max(1, len(self.split.train) // self.global_batch))
-        self.model, self.optimizer, self.checkpoint = build_state(config, self.strategy,
-                                                                  self.steps_per_epoch)
-        self.loss_fn = registry.make_loss(config)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, _checkpoint_dir(workdir, self.strategy, CHECKPOINT_DIR),
-            max_to_keep=config.train.keep_checkpoints)
+        self.task = tasks_lib.get_task(config.task)(config, training_stats(config, self.split))
+        self.stages = self.task.stages()
+        self._model = None
+
+    @property
+    def model(self):
+        """The task's model, built in the strategy's scope on first use (a run whose stages
+        are all done builds none); the initial weights are a function of `config.seed`."""
+        if self._model is None:
+            keras.utils.set_random_seed(self.config.seed)
+            with self.strategy.scope():
+                self._model = self.task.build_model()
+                if self.config.train.get("sync_batch_norm", False):
+                    synchronize_batch_norm(self._model)
+        return self._model
+
+    def stage_dir(self, index):
+        return workdir_lib.stage_dir(self.workdir, index, self.stages[index].name)
+
+    def dataset(self, ids, *, training, batch_size, **kwargs):
+        return selection.dataset(self.config.data, ids, training=training,
+                                 batch_size=batch_size, **self.task.targets(), **kwargs)
+
+    def run(self):
+        """Runs every stage not yet done; returns the last logged values of the last gradient
+        stage run (empty when there was nothing to do)."""
         if self.chief:
-            save_config(config, workdir)
-        self.writer = (tf.summary.create_file_writer(os.path.join(workdir, "logs", "train"))
+            save_config(self.config, self.workdir)
+        last, previous = {}, None
+        for index, stage in enumerate(self.stages):
+            folder = self.stage_dir(index)
+            done = os.path.join(folder, workdir_lib.DONE_FILE)
+            if tf.io.gfile.exists(done):
+                logging.info("stage %d %s: done, skipped", index, stage.name)
+                previous = folder
+                continue
+            own = workdir_lib.latest_checkpoint(os.path.join(folder, workdir_lib.CHECKPOINTS))
+            if own is None and previous is not None:
+                self._restore_weights(previous)
+            logging.info("stage %d %s (%s) in %s", index, stage.name, stage.kind, folder)
+            if stage.kind == "gradient":
+                trainer = StageTrainer(self, stage, folder)
+                last = trainer.run()
+                summary = trainer.summary
+            else:
+                summary = self._compute(stage, folder)
+            if self.chief:
+                fileio.atomic_write_json(done, {"stage": stage.name, "kind": stage.kind,
+                                                **summary})
+            previous = folder
+        return last
+
+    def _restore_weights(self, folder):
+        path = workdir_lib.latest_checkpoint(os.path.join(folder, workdir_lib.CHECKPOINTS))
+        if path is None:
+            raise FileNotFoundError(f"{folder} is marked done but holds no checkpoint: the "
+                                    "next stage cannot start from it; remove its done.json "
+                                    "to run it again")
+        status = tf.train.Checkpoint(model=self.model).restore(path)
+        status.expect_partial()
+        logging.info("starting from %s", path)
+
+    def _compute(self, stage, folder):
+        context = StageContext(task=self.task, model=self.model, config=self.config,
+                               split=self.split, stage_dir=folder,
+                               dataset=lambda ids, **kw: self.dataset(
+                                   ids, training=False,
+                                   batch_size=kw.pop("batch_size", self.config.eval.batch_size),
+                                   **kw))
+        summary = dict(stage.compute(context) or {})
+        manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=self.model),
+            _checkpoint_dir(os.path.join(folder, workdir_lib.CHECKPOINTS), self.strategy),
+            max_to_keep=1)
+        summary["checkpoint"] = manager.save(checkpoint_number=0)
+        return summary
+
+
+def make_train_step(model, optimizer, loss_fn, strategy, global_batch, *, jit_compile=False,
+                    hooks=()):
+    """The training step: `train_step(iterator)` -> (logs summed over replicas, records
+    skipped before this step's examples), a `tf.function` around `strategy.run`.
+
+    The per-example loss of `loss_fn(batch, outputs)` is averaged over the global batch and
+    the model's L2 penalties are scaled by the number of replicas; only
+    `model.trainable_variables` (as they are now) are updated; `hooks` run first.
+    """
+    variables = model.trainable_variables
+
+    def replica_step(batch):
+        with tf.GradientTape() as tape:
+            outputs = model(batch["image"], training=True)
+            per_example, terms = loss_fn(batch, outputs)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            regularization = (tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+                              if model.losses else tf.constant(0.0))
+            total = loss + regularization
+        grads = tape.gradient(total, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        logs = {"loss": total, "regularization": regularization}
+        for name, value in terms.items():
+            logs[name] = tf.nn.compute_average_loss(value, global_batch_size=global_batch)
+        return logs
+
+    if jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def train_step(iterator):
+        for hook in hooks:
+            hook(model, optimizer.iterations)
+        batch = next(iterator)
+        skipped = strategy.reduce("SUM", batch.pop("skipped_records"), axis=0)
+        batch.pop("image_id")  # strings stay out of the step: XLA takes no string arguments
+        logs = strategy.run(replica_step, args=(batch,))
+        return {k: strategy.reduce("SUM", v, axis=None) for k, v in logs.items()}, skipped
+
+    return train_step
+
+
+class StageTrainer:
+    """Trains one gradient stage of a `Run` to its `num_steps` (see the module docstring)."""
+
+    def __init__(self, run, stage, folder):
+        self.run_ = run
+        self.stage = stage
+        self.config = stage.train
+        self.folder = folder
+        self.model = run.model
+        self.strategy = run.strategy
+        self.chief = run.chief
+        self.global_batch = self.config.batch_size * self.strategy.num_replicas_in_sync
+        self.steps_per_epoch = (self.config.steps_per_epoch or
+                                max(1, len(run.split.train) // self.global_batch))
+        if self.config.select_by not in SELECT_BY:
+            raise ValueError(f"train.select_by must be one of {SELECT_BY}, got "
+                             f"{self.config.select_by!r}")
+        self.plateau = (schedules.Plateau.from_config(self.config)
+                        if self.config.lr_schedule == "plateau" else None)
+        self.trainable = select_trainable(self.model, stage.trainable)
+        with self.strategy.scope():
+            self.optimizer = optimizers.make_optimizer(self.config, self.steps_per_epoch)
+            self.optimizer.build(self.model.trainable_variables)
+        # Plateau and best-so-far state, checkpointed with the weights (exact resume); host
+        # values, each worker its own.
+        self.state = {"best": tf.Variable(-math.inf, dtype=tf.float64, trainable=False),
+                      "plateau_best": tf.Variable(math.inf, dtype=tf.float64, trainable=False),
+                      "plateau_wait": tf.Variable(0, dtype=tf.int64, trainable=False)}
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              **self.state)
+        self.checkpoints = os.path.join(folder, workdir_lib.CHECKPOINTS)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, _checkpoint_dir(self.checkpoints, self.strategy),
+            max_to_keep=self.config.keep_checkpoints)
+        self.writer = (tf.summary.create_file_writer(os.path.join(folder, "logs"))
                        if self.chief else tf.summary.create_noop_writer())
         self._train_step = self._make_train_step()
         self._predict = tf.function(lambda images: self.model(images, training=False))
+        self._val_loss = tf.function(self._val_loss_batch)
+        self.summary = {}
 
     # ------------------------------------------------------------------ data
 
-    def _dataset_fn(self, epoch, skip_batches):
-        def dataset_fn(input_context):
-            return data.dataset(
-                self.config.data, self.split.train, training=True,
-                grid=self.config.model.grid, batch_size=self.global_batch,
-                input_context=input_context, seed=self.config.seed + epoch,
-                skip_batches=skip_batches)
-        return dataset_fn
-
     def _iterator(self, epoch, skip_batches):
-        dataset = self.strategy.distribute_datasets_from_function(
-            self._dataset_fn(epoch, skip_batches))
-        return iter(dataset)
+        def dataset_fn(input_context):
+            return self.run_.dataset(self.run_.split.train, training=True,
+                                     batch_size=self.global_batch, input_context=input_context,
+                                     seed=self.run_.config.seed + epoch,
+                                     skip_batches=skip_batches)
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     # ------------------------------------------------------------------ step
 
     def _make_train_step(self):
-        model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
-        global_batch = self.global_batch
-        strategy = self.strategy
-
-        def replica_step(batch):
-            with tf.GradientTape() as tape:
-                outputs = model(batch["image"], training=True)
-                per_example, terms = loss_fn(batch, outputs)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-                regularization = (tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-                                  if model.losses else tf.constant(0.0))
-                total = loss + regularization
-            grads = tape.gradient(total, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            logs = {"loss": total, "regularization": regularization}
-            for name, value in terms.items():
-                logs[name] = tf.nn.compute_average_loss(value, global_batch_size=global_batch)
-            return logs
-
-        if self.config.train.jit_compile:
-            replica_step = tf.function(replica_step, jit_compile=True)
-
-        @tf.function
-        def train_step(iterator):
-            """-> (logs summed over replicas, records skipped before this step's examples)."""
-            batch = next(iterator)
-            skipped = strategy.reduce("SUM", batch.pop("skipped_records"), axis=0)
-            batch.pop("image_id")  # strings stay out of the step: XLA takes no string arguments
-            logs = strategy.run(replica_step, args=(batch,))
-            return {k: strategy.reduce("SUM", v, axis=None) for k, v in logs.items()}, skipped
-
-        return train_step
+        return make_train_step(self.model, self.optimizer, self.stage.loss, self.strategy,
+                               self.global_batch, jit_compile=self.config.jit_compile,
+                               hooks=self.stage.hooks)
 
     # ------------------------------------------------------------------ validation
 
+    def _val_loss_batch(self, batch):
+        outputs = self.model(batch["image"], training=False)
+        per_example, _ = self.stage.loss(batch, outputs)
+        return outputs, tf.reduce_sum(per_example)
+
+    @property
+    def _needs_val_loss(self):
+        return self.plateau is not None or self.config.select_by == "val_loss"
+
     def validate(self, step):
-        """Validation AUC and heat-map overlays in TensorBoard; returns the mean AUC (or None)."""
-        ids = self.split.val[:self.config.train.num_val_images]
-        if not ids or not self.chief:
-            return None
-        dataset = data.dataset(self.config.data, ids, training=False,
-                               batch_size=self.config.eval.batch_size)
-        labels, probs, first = [], [], None
-        for batch in dataset:
-            outputs = self._predict(batch["image"])
+        """Validation AUC (and loss when needed) on the first `num_val_images` validation
+        images; heat-map overlays in TensorBoard. Every worker computes it when it drives the
+        lr (the plateau schedule), only the chief otherwise. Returns {"val_auc", "val_loss"}
+        (None where not measured)."""
+        ids = self.run_.split.val[:self.config.num_val_images]
+        if not ids or not (self.chief or self.plateau is not None):
+            return {"val_auc": None, "val_loss": None}
+        task = self.run_.task
+        labels, probs, first, loss_sum, count = [], [], None, 0.0, 0
+        for batch in self.run_.dataset(ids, training=False,
+                                       batch_size=self.run_.config.eval.batch_size):
+            if self._needs_val_loss:
+                outputs, batch_loss = self._val_loss(batch)
+                loss_sum += float(batch_loss)
+            else:
+                outputs = self._predict(batch["image"])
+            count += int(batch["labels"].shape[0])
             labels.append(batch["labels"].numpy())
-            probs.append(outputs["image_probs"].numpy())
+            probs.append(task.scores(outputs).numpy())
             if first is None:
                 first = (batch, outputs)
-        result = auc_lib.roc_auc_exact(np.concatenate(labels), np.concatenate(probs))
+        auc = auc_lib.roc_auc_exact(np.concatenate(labels), np.concatenate(probs)).mean
+        result = {"val_auc": float(auc) if np.isfinite(auc) else None,
+                  "val_loss": loss_sum / count if self._needs_val_loss else None}
         with self.writer.as_default(step=step):
-            if np.isfinite(result.mean):
-                tf.summary.scalar("val/auc_mean", result.mean)
-            n = self.config.train.num_summary_images
+            for name, value in (("val/auc_mean", result["val_auc"]),
+                                ("val/loss", result["val_loss"])):
+                if value is not None:
+                    tf.summary.scalar(name, value)
+            n = self.config.num_summary_images
             batch, outputs = first
-            maps = outputs[registry.map_key(self.config)][:n]
-            top = tf.argmax(outputs["image_probs"][:n], axis=-1)
+            maps = task.maps(outputs)[:n]
+            top = tf.argmax(task.scores(outputs)[:n], axis=-1)
             tf.summary.image("val/heatmap_top_class",
                              summaries.heatmap_overlay(batch["image"][:n],
                                                        tf.gather(maps, top, axis=-1,
                                                                  batch_dims=1)),
                              max_outputs=n)
-        return result.mean
+        return result
 
     # ------------------------------------------------------------------ loop
 
-    def run(self):
-        """Trains until `config.train.num_steps`; returns the last logged values."""
-        config = self.config.train
-        # Every worker resumes from the chief's checkpoint: a worker's own folder may be missing
-        # (a new machine) or behind (killed while saving), and workers at different steps would
-        # mix different weights in one all-reduce.
-        restored = latest_checkpoint(os.path.join(self.workdir, CHECKPOINT_DIR))
+    def _restore(self):
+        """Resumes from the stage's own checkpoint (the chief's: every worker resumes from it,
+        as workers at different steps would mix different weights in one all-reduce)."""
+        restored = workdir_lib.latest_checkpoint(self.checkpoints)
         if restored:
             try:
                 self.checkpoint.restore(restored)
             except (tf.errors.OpError, ValueError, IndexError) as e:
                 raise ValueError(f"checkpoint {restored} cannot be restored to resume the run: "
                                  f"{e}") from e
-        step = int(self.optimizer.iterations.numpy())
-        if restored:
-            logging.info("resumed from %s at step %d", restored, step)
-        best = self._read_best()
+            logging.info("resumed from %s at step %d", restored,
+                         int(self.optimizer.iterations.numpy()))
+        return int(self.optimizer.iterations.numpy())
+
+    def run(self):
+        """Trains until the stage's `num_steps` (or its plateau stop rule); returns the last
+        logged values."""
+        config = self.config
+        step = self._restore()
         bar = tqdm(total=config.num_steps, initial=step, unit="step", dynamic_ncols=True,
                    disable=not (config.progress_bar and self.chief))
         sums, count, tick, last = {}, 0, time.time(), {}
-        while step < config.num_steps:
+        stopped = False
+        while step < config.num_steps and not stopped:
             epoch, skip = divmod(step, self.steps_per_epoch)
             iterator = self._iterator(epoch, skip)
             end = min((epoch + 1) * self.steps_per_epoch, config.num_steps)
             skipped = 0
-            while step < end:
+            while step < end and not stopped:
                 logs, skipped_now = self._train_step(iterator)
                 logs = {k: float(v) for k, v in logs.items()}
                 skipped += int(skipped_now)
@@ -243,8 +356,9 @@ class Trainer:
                 if not all(math.isfinite(v) for v in logs.values()):
                     bar.close()
                     raise TrainingDivergedError(
-                        f"non-finite loss at step {step} ({logs}); training stopped, the last "
-                        f"good checkpoint is {self.manager.latest_checkpoint}")
+                        f"non-finite loss at step {step} of stage {self.stage.name} ({logs}); "
+                        f"training stopped, the last good checkpoint is "
+                        f"{self.manager.latest_checkpoint}")
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
@@ -258,19 +372,21 @@ class Trainer:
                     bar.set_postfix(loss=f"{last['loss']:.4f}",
                                     img_s=f"{last['images_per_second']:.1f}")
                     sums, count, tick = {}, 0, time.time()
-                if step % config.checkpoint_every_steps == 0:
-                    self.manager.save(checkpoint_number=step)
                 if config.eval_every_steps and step % config.eval_every_steps == 0:
-                    best = self._validate_and_keep_best(step, best)
-            if self.config.data.skip_corrupt:
+                    stopped = self._validate_and_save(step)
+                elif step % config.checkpoint_every_steps == 0:
+                    self.manager.save(checkpoint_number=step)
+            if self.run_.config.data.skip_corrupt:
                 self._report_skips(epoch, skip, step, skipped)
-            if not config.eval_every_steps:
-                best = self._validate_and_keep_best(step, best)
+            if not config.eval_every_steps and not stopped:
+                stopped = self._validate_and_save(step)
         bar.close()
         if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(
                 f"-{step}"):
             self.manager.save(checkpoint_number=step)
         self.writer.flush()
+        self.summary = {"steps": step, "stopped_by_plateau": bool(stopped),
+                        "trainable": self.trainable}
         return last
 
     def _report_skips(self, epoch, resumed_at, step, skipped):
@@ -287,35 +403,68 @@ class Trainer:
             for name, value in values.items():
                 tf.summary.scalar(f"train/{name}", value)
 
-    def _best_file(self):
-        return os.path.join(self.workdir, BEST_DIR, "best.json")
+    def _update_plateau(self, val_loss):
+        """Applies the plateau rule to the optimizer's lr; True when the stage must stop."""
+        state = schedules.PlateauState(
+            learning_rate=_learning_rate(self.optimizer),
+            best=float(self.state["plateau_best"].numpy()),
+            wait=int(self.state["plateau_wait"].numpy()))
+        new = self.plateau.update(state, val_loss)
+        self.state["plateau_best"].assign(new.best)
+        self.state["plateau_wait"].assign(new.wait)
+        if new.learning_rate != state.learning_rate:
+            self.optimizer.learning_rate.assign(new.learning_rate)
+            logging.info("plateau: validation loss %.6g did not improve on %.6g; lr %.3g -> "
+                         "%.3g", val_loss, new.best, state.learning_rate, new.learning_rate)
+        if new.stop:
+            logging.info("plateau at lr %.3g <= plateau_min_lr: stage %s stops",
+                         new.learning_rate, self.stage.name)
+        return new.stop
 
-    def _read_best(self):
-        path = self._best_file()
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as f:
-                return json.load(f)["val_auc_mean"]
-        return -math.inf
-
-    def _validate_and_keep_best(self, step, best):
-        """Saves a checkpoint (every worker takes part), validates on the chief, and copies the
-        checkpoint to WORKDIR/checkpoints/best when its validation AUC is the best so far."""
+    def _validate_and_save(self, step):
+        """Validates, applies the plateau rule, saves a checkpoint (every worker takes part),
+        and copies it to checkpoints/best when it is the best by `select_by`. True when the
+        plateau rule ends the stage."""
+        result = self.validate(step)
+        stop = False
+        if self.plateau is not None and result["val_loss"] is not None:
+            stop = self._update_plateau(result["val_loss"])
         path = self.manager.save(checkpoint_number=step)
-        value = self.validate(step)
-        if value is None or not math.isfinite(value) or value <= best:
-            return best
-        best_dir = os.path.join(self.workdir, BEST_DIR)
-        if tf.io.gfile.exists(best_dir):
-            tf.io.gfile.rmtree(best_dir)
+        value = result[self.config.select_by]
+        if value is None or not self.chief:
+            return stop
+        score = -value if self.config.select_by == "val_loss" else value
+        if score > float(self.state["best"].numpy()):
+            self.state["best"].assign(score)
+            self._keep_best(path, step, result)
+        return stop
+
+    def _keep_best(self, path, step, result):
+        """Copies checkpoint `path` to checkpoints/best without a moment with no whole best:
+        its files (named by step) are copied in first, then best.json is switched to them
+        atomically, then the previous best's files are removed."""
+        best_dir = os.path.join(self.checkpoints, workdir_lib.BEST)
         tf.io.gfile.makedirs(best_dir)
-        for name in tf.io.gfile.glob(path + ".*"):
-            tf.io.gfile.copy(name, os.path.join(best_dir, os.path.basename(name)))
-        with tf.io.gfile.GFile(self._best_file(), "w") as f:
-            json.dump({"step": step, "val_auc_mean": value,
-                       "checkpoint": os.path.basename(path)}, f)
-        return value
+        name = os.path.basename(path)
+        for source in tf.io.gfile.glob(path + ".*"):
+            fileio.atomic_copy(source, os.path.join(best_dir, os.path.basename(source)))
+        fileio.atomic_write_json(os.path.join(best_dir, workdir_lib.BEST_FILE),
+                                 {"step": step, "select_by": self.config.select_by, **result,
+                                  "checkpoint": name})
+        for old in tf.io.gfile.listdir(best_dir):
+            if old != workdir_lib.BEST_FILE and not old.startswith(name + "."):
+                tf.io.gfile.remove(os.path.join(best_dir, old))
+
+def stage_trainer(config, workdir, index=0):
+    """The `StageTrainer` of stage `index` of the run of `config` in `workdir`, to drive one
+    stage step by step (tests, notebooks); `train` runs them all."""
+    run = Run(config, workdir)
+    if run.chief:
+        save_config(config, workdir)
+    return StageTrainer(run, run.stages[index], run.stage_dir(index))
 
 
 def train(config, workdir):
-    """Trains `config` in `workdir` (resuming when it holds a checkpoint)."""
-    return Trainer(config, workdir).run()
+    """Trains `config` in `workdir`: every stage of its task not yet done (resuming a stage
+    that was interrupted). Returns the last logged values."""
+    return Run(config, workdir).run()

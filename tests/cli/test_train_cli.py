@@ -26,7 +26,7 @@ def _command(manifest, workdir):
 
 
 def _latest_step(workdir):
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "stages", "0_train", "checkpoints"))
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
@@ -49,6 +49,6 @@ def test_sigkill_then_rerun_resumes_at_the_saved_step(built_set, tmp_path):
     assert resumed, rerun.stderr[-3000:]
     assert int(resumed.group(1)) == int(resumed.group(2)) >= saved
     assert _latest_step(workdir) == NUM_STEPS
-    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{NUM_STEPS}"))
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "stages", "0_train", "checkpoints", f"ckpt-{NUM_STEPS}"))
     iterations = [k for k in reader.get_variable_to_shape_map() if "iterations" in k]
     assert iterations and reader.get_tensor(iterations[0]) == NUM_STEPS

@@ -13,7 +13,7 @@ from chestxray_tf.data import build
 from chestxray_tf.data import example
 from chestxray_tf.data import manifest as manifest_lib
 from chestxray_tf.data import nih
-from chestxray_tf.data import pipeline
+from chestxray_tf.data import pipeline, selection
 
 SIZE = 64
 GRID = 8
@@ -185,12 +185,12 @@ def test_eval_order_is_deterministic_and_training_shuffles(built):
 
 
 def test_selection_via_li2018_split(nih_dir, built):
-    chosen = pipeline.select_ids(built, "li2018", test_fold=1, annotated_fraction=0.6,
-                                 unannotated_fraction=0.4, seed=2)
+    chosen = selection.select_ids(built, "li2018", test_fold=1, annotated_fraction=0.6,
+                                  unannotated_fraction=0.4, seed=2)
     meta = nih.load_metadata(nih_dir / "Data_Entry_2017_v2020.csv", nih_dir / "BBox_List_2017.csv")
     folds = nih.assign_folds(meta, num_folds=5, seed=0)
     train, test = nih.li2018_split(meta, folds, 1, 0.6, 0.4, seed=2)
-    assert (chosen["train"], chosen["test"]) == (train, test)
+    assert (chosen.train, chosen.test) == (train, test)
     has_box = meta.images.set_index("image_id")["has_box"]
     annotated, total = int(has_box.sum()), len(has_box)
     assert int(has_box[train].sum()) == round(0.6 * annotated)
@@ -203,15 +203,15 @@ def test_selection_via_li2018_split(nih_dir, built):
 def test_official_and_sedai2018_selections_partition_the_set(built):
     all_ids = set(manifest_lib.read_metadata(built)["image_id"])
     for protocol in ("official", "sedai2018"):
-        parts = pipeline.select_ids(built, protocol, seed=0)
-        assert set(parts) == {"train", "val", "test"}
-        assert set().union(*parts.values()) == all_ids
-        assert sum(len(v) for v in parts.values()) == len(all_ids)
-    official = pipeline.select_ids(built, "official", val_fraction=0.2, seed=0)
+        parts = selection.select_ids(built, protocol, seed=0)
+        values = (parts.train, parts.val, parts.test)
+        assert set().union(*values) == all_ids
+        assert sum(len(v) for v in values) == len(all_ids)
+    official = selection.select_ids(built, "official", val_fraction=0.2, seed=0)
     table = manifest_lib.read_metadata(built).set_index("image_id")
-    assert (table.loc[official["test"], "split"] == "test").all()
+    assert (table.loc[official.test, "split"] == "test").all()
     with pytest.raises(ValueError, match="protocol"):
-        pipeline.select_ids(built, "kim")
+        selection.select_ids(built, "kim")
 
 
 def test_unknown_image_id_is_an_error(built):
@@ -340,8 +340,8 @@ def test_official_selection_needs_the_official_lists(nih_dir, tmp_path):
     build.build(folder, tmp_path / "set", image_size=SIZE, num_shards=1, encoding="raw",
                 num_workers=1, progress=False)
     with pytest.raises(ValueError, match="no official split"):
-        pipeline.select_ids(tmp_path / "set", "official")
-    assert set(pipeline.select_ids(tmp_path / "set", "sedai2018")) == {"train", "val", "test"}
+        selection.select_ids(tmp_path / "set", "official")
+    assert selection.select_ids(tmp_path / "set", "sedai2018").test
 
 
 def test_repeat_reads_the_shards_endlessly(built):

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from chestxray_tf.evaluation import cross_validation
+from chestxray_tf import cross_validation
 
 from tiny import tiny_config
 

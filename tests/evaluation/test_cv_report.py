@@ -156,8 +156,8 @@ def test_one_fold_has_no_std(tmp_path):
 
 def test_aggregate_recurses_and_checks_agreement():
     assert cv_report.aggregate([{"a": 1.0, "b": "x"}, {"a": 3.0, "b": "x"}, None]) == {
-        "a": {"mean": 2.0, "std": pytest.approx(math.sqrt(2.0)), "n": 2,
-              "folds": [1.0, 3.0, None]},
+        "a": {"mean": 2.0, "std": pytest.approx(math.sqrt(2.0)),
+              "sem": pytest.approx(1.0), "n": 2, "folds": [1.0, 3.0, None]},
         "b": "x"}
     with pytest.raises(ValueError, match="results.b differs between folds"):
         cv_report.aggregate([{"b": "x"}, {"b": "y"}])

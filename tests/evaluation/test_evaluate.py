@@ -12,7 +12,8 @@ import pytest
 from chestxray_tf.data import nih
 from chestxray_tf.evaluation import evaluate
 from chestxray_tf.labels import BOXED_CLASSES, CLASS_NAMES
-from chestxray_tf.training import checkpoints, data
+from chestxray_tf import workdir as workdir_lib
+from chestxray_tf.data import selection as data
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,7 +31,7 @@ def test_files_and_keys(evaluated, trained_run, nih_source):
         report = json.load(f)
     results = report["results"]
     assert report["checkpoint"].endswith("ckpt-12") and report["paper"] == "li2018"
-    config = checkpoints.load_config(str(trained_run))
+    config = workdir_lib.load_config(str(trained_run))
     test_ids = data.select(config.data).test
     assert results["num_images"] == len(test_ids)
     assert set(results["auc"]["per_class"]) == set(CLASS_NAMES)
@@ -67,8 +68,9 @@ def test_localization_overlaps_match_a_direct_computation():
     class_map[:2, :2, 4] = 0.9
     pred = evaluate.Predictions(["a.png"], np.zeros((1, 14)), np.zeros((1, 14)),
                                 [np.array([[16.0, 16.0, 32.0, 32.0]])], [np.array([4])],
-                                {0: class_map}, {0: np.zeros((64, 64))}, 64)
-    class_ids, ious, iors = evaluate.localization_overlaps(pred, 0.5)
+                                {0: class_map}, {0: class_map > 0.5}, {0: np.zeros((64, 64))},
+                                64)
+    class_ids, ious, iors = evaluate.localization_overlaps(pred)
     assert class_ids.tolist() == [4]
     np.testing.assert_allclose(ious, [256 / (1024 + 1024 - 256)])
     np.testing.assert_allclose(iors, [256 / 1024])
@@ -77,7 +79,7 @@ def test_localization_overlaps_match_a_direct_computation():
 def test_corrupt_checkpoint_is_a_clear_error(trained_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained_run, workdir)
-    path = checkpoints.resolve(str(workdir), "latest")
+    path = workdir_lib.resolve(str(workdir), "latest")
     data_file = path + ".data-00000-of-00001"
     with open(data_file, "r+b") as f:
         f.truncate(os.path.getsize(data_file) // 2)
@@ -109,11 +111,12 @@ def test_chance_level_moves_the_region():
     class_map[1, 2, 0] = 0.9
     pred = evaluate.Predictions(["a.png"], np.zeros((1, 14)), np.ones((1, 14)) * 0.5,
                                 [np.array([[32.0, 16.0, 16.0, 16.0]])], [np.array([0])],
-                                {0: class_map}, {0: np.zeros((64, 64))}, 64)
-    ids, ious, _ = evaluate.localization_overlaps(pred, 0.5)
+                                {0: class_map}, {0: class_map > 0.5}, {0: np.zeros((64, 64))},
+                                64)
+    ids, ious, _ = evaluate.localization_overlaps(pred)
     np.testing.assert_allclose(ious, [1.0])
     rng = np.random.default_rng(0)
-    moved = [evaluate.localization_overlaps(pred, 0.5, rng)[1][0] for _ in range(64)]
+    moved = [evaluate.localization_overlaps(pred, rng)[1][0] for _ in range(64)]
     assert set(np.round(moved, 6)) <= {0.0, 1.0}
     assert 0 < np.mean(moved) < 0.3
 
@@ -123,11 +126,18 @@ def test_another_model_evaluates_through_the_same_path(built_set, tmp_path):
     with the same code, against Li et al.'s published tables."""
     from chestxray_tf.training import trainer
     from tiny import tiny_config
-    config = tiny_config(built_set, num_steps=2, num_val_images=0)
-    config.model.name = "baseline"
+    config = tiny_config(built_set, task="baseline", num_steps=2, num_val_images=0)
     trainer.train(config, str(tmp_path))
     paths = evaluate.evaluate(str(tmp_path), "latest", "test_fold", progress=False)
     with open(paths["json"]) as f:
         report = json.load(f)
-    assert report["paper"] == "li2018" and report["config"]["model"]["name"] == "baseline"
+    assert report["paper"] == "li2018" and report["config"]["task"] == "baseline"
+    # Its difference row is taken to the paper's reference (baseline) rows, not Li's own.
+    assert report["compared_with"] == "baseline"
+    differences = [row["method"] for table in report["tables"] for group in table["groups"]
+                   for row in group["rows"] if row["kind"] == "difference"]
+    assert differences and all("paper (" in m for m in differences)
+    published = {row["method"] for table in report["tables"] for group in table["groups"]
+                 for row in group["rows"] if row["role"] == "baseline"}
+    assert any(m.endswith(f"({name})") for m in differences for name in published)
     assert "localization" in report["results"]

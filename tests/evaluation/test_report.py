@@ -106,8 +106,8 @@ def test_report_json_keeps_every_metric_config_and_checkpoint(tmp_path):
     config = ml_collections.ConfigDict({"model": {"grid": 16, "widths": (8, 16)}, "lr": 1e-3})
     payload, _ = write(tmp_path, "li2018", full_results(), config=config,
                        checkpoint=tmp_path / "ckpt-7")
-    assert set(payload) == {"paper", "source", "checkpoint", "config", "results", "tables",
-                            "figures"}
+    assert set(payload) == {"paper", "compared_with", "source", "checkpoint", "config",
+                            "results", "tables", "figures"}
     assert payload["config"] == {"model": {"grid": 16, "widths": [8, 16]}, "lr": 1e-3}
     assert payload["checkpoint"] == str(tmp_path / "ckpt-7")
     results = payload["results"]

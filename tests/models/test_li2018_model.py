@@ -1,4 +1,4 @@
-"""Tests of chestxray_tf/models/li2018.py and chestxray_tf/models/registry.py."""
+"""Tests of chestxray_tf/models/li2018.py and the li2018 task."""
 
 import keras
 import numpy as np
@@ -6,7 +6,6 @@ import pytest
 import tensorflow as tf
 
 from chestxray_tf.losses.li2018 import li2018_loss
-from chestxray_tf.models import registry
 from chestxray_tf.models.backbones import build_backbone
 from chestxray_tf.models.li2018 import build_li2018
 
@@ -120,26 +119,28 @@ def test_keras_save_and_load_round_trip(tmp_path):
     assert loaded.get_layer("image_probs").smoothing == 0.95
 
 
-def test_registry_builds_li2018_from_a_config_and_rejects_unknown_names():
+def test_the_li2018_task_builds_from_a_config_and_rejects_unknown_names():
+    from chestxray_tf import tasks
     from chestxray_tf.training import defaults
-    config = defaults.base_config()
+    config = defaults.base_config("li2018")
     config.data.image_size = 64
     config.model.update(backbone="resnet_v2_tiny", grid=3, head_width=8, weights="imagenet")
-    model = registry.build_model(config, pretrained=False)  # no download: weights skipped
-    assert model(np.zeros((1, 64, 64, 3), np.float32))["patch_probs"].shape == (1, 3, 3, 14)
-    assert registry.map_key(config) == "patch_probs"
+    task = tasks.get_task(config.task)(config)
+    model = task.build_model(pretrained=False)  # no download: weights skipped
+    outputs = model(np.zeros((1, 64, 64, 3), np.float32))
+    assert task.maps(outputs).shape == (1, 3, 3, 14)
+    assert task.targets() == {"grid": 3}
     rng = np.random.default_rng(0)
     probs = rng.uniform(size=(2, 3, 3, 14)).astype(np.float32)
     batch = {"labels": rng.integers(0, 2, (2, 14)).astype(np.float32),
              "box_mask": rng.integers(0, 2, (2, 3, 3, 14)).astype(np.float32),
              "has_box": np.zeros((2, 14), np.float32)}
-    loss, terms = registry.make_loss(config)(batch, {"patch_probs": probs})
+    loss, terms = task.loss(batch, {"patch_probs": probs})
     np.testing.assert_allclose(loss, li2018_loss(batch["labels"], batch["box_mask"],
                                                  batch["has_box"], probs), rtol=1e-6)
     assert set(terms) == {"box_term", "image_term"}
-    config.model.name = "nope"
-    with pytest.raises(ValueError, match="unknown model 'nope'.*li2018"):
-        registry.build_model(config)
+    with pytest.raises(ValueError, match="unknown task 'nope'.*li2018"):
+        tasks.get_task("nope")
 
 
 def _training_step(model, images, grid, classes):

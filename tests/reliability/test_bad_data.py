@@ -20,7 +20,8 @@ from chestxray_tf.data import example
 from chestxray_tf.data import manifest as manifest_lib
 from chestxray_tf.data import pipeline
 from chestxray_tf.data import records as records_lib
-from chestxray_tf.training import data, trainer
+from chestxray_tf.data import selection as data
+from chestxray_tf.training import trainer
 
 import events
 from tiny import tiny_config

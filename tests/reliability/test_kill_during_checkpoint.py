@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from chestxray_tf.training import checkpoints, trainer
+from chestxray_tf import workdir as workdir_lib
+from chestxray_tf.training import trainer
 
 from processes import sigkill_when
 from tiny import tiny_config
@@ -33,7 +34,7 @@ from tiny import tiny_config
 from chestxray_tf.training import trainer
 from test_kill_during_checkpoint import save_numbered
 
-run = trainer.Trainer(tiny_config({manifest!r}, num_val_images=0), {workdir!r})
+run = trainer.stage_trainer(tiny_config({manifest!r}, num_val_images=0), {workdir!r})
 for n in itertools.count(1):
     save_numbered(run, n)
     print(n, flush=True)
@@ -54,7 +55,7 @@ def _number(path):
 
 def _assert_restores_as_saved(workdir, which="latest"):
     """restore_model gives checkpoint N with every weight N; returns N."""
-    _, model, path = checkpoints.restore_model(str(workdir), which)
+    _, model, path = workdir_lib.restore_model(str(workdir), which)
     n = _number(path)
     for weight in model.weights:
         np.testing.assert_array_equal(weight.numpy(), n, err_msg=f"{weight.path} of {path}")
@@ -69,7 +70,7 @@ def test_sigkill_while_saving_keeps_the_last_complete_checkpoint(built_set, tmp_
     script.write_text(SAVE_LOOP.format(tests=TESTS, here=os.path.dirname(__file__),
                                        manifest=str(built_set), workdir=str(workdir)))
     out = tmp_path / "saved.txt"
-    folder = workdir / "checkpoints"
+    folder = workdir / "stages" / "0_train" / "checkpoints"
     with open(out, "w") as stdout:
         process = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=stdout,
                                    stderr=subprocess.DEVNULL,
@@ -91,7 +92,7 @@ def test_sigkill_while_saving_keeps_the_last_complete_checkpoint(built_set, tmp_
 def numbered_run(built_set, tmp_path_factory):
     """A workdir with ckpt-1 and ckpt-2 written by `save_numbered`."""
     workdir = tmp_path_factory.mktemp("numbered")
-    run = trainer.Trainer(tiny_config(built_set, num_val_images=0), str(workdir))
+    run = trainer.stage_trainer(tiny_config(built_set, num_val_images=0), str(workdir))
     for n in (1, 2):
         save_numbered(run, n)
     return workdir
@@ -106,12 +107,12 @@ def test_leftover_files_of_an_interrupted_save_are_ignored(built_set, numbered_r
     then names ckpt-N in the `checkpoint` file): restore and resume use ckpt-2, and the next
     save of step 3 is not disturbed by them."""
     workdir = _copy(numbered_run, tmp_path)
-    temp = workdir / "checkpoints" / "ckpt-3_temp"
+    temp = workdir / "stages" / "0_train" / "checkpoints" / "ckpt-3_temp"
     temp.mkdir()
     (temp / f"part-00000-of-00001{DATA_FILE}.tempstate123").write_bytes(b"\x07" * 1000)
     assert _assert_restores_as_saved(workdir) == 2
 
-    run = trainer.Trainer(tiny_config(built_set, num_val_images=0, num_steps=2), str(workdir))
+    run = trainer.stage_trainer(tiny_config(built_set, num_val_images=0, num_steps=2), str(workdir))
     run.run()  # resumes at step 2, which is already num_steps
     assert int(run.optimizer.iterations.numpy()) == 2
     assert all(np.all(w.numpy() == 2) for w in run.model.weights)
@@ -151,16 +152,16 @@ def test_damaged_checkpoint_is_an_error_naming_it(built_set, numbered_run, tmp_p
     """Damage a kill cannot cause with TF's write-then-rename, but a copy or a disk can: the
     restore fails, for the model (`restore_model`) and for a resumed run (`Trainer.run`)."""
     workdir = _copy(numbered_run, tmp_path)
-    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    latest = tf.train.latest_checkpoint(str(workdir / "stages" / "0_train" / "checkpoints"))
     assert latest.endswith("ckpt-2")
     damage(latest)
     with pytest.raises(ValueError, match=f"checkpoint {latest} cannot be restored.*{message}"):
-        checkpoints.restore_model(str(workdir))
-    run = trainer.Trainer(tiny_config(built_set, num_val_images=0, num_steps=3), str(workdir))
+        workdir_lib.restore_model(str(workdir))
+    run = trainer.stage_trainer(tiny_config(built_set, num_val_images=0, num_steps=3), str(workdir))
     with pytest.raises(ValueError, match=f"checkpoint {latest} cannot be restored to resume "
                                          f"the run.*{message}"):
         run.run()
-    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")) == latest
+    assert tf.train.latest_checkpoint(str(workdir / "stages" / "0_train" / "checkpoints")) == latest
 
 
 def test_checkpoint_named_but_missing_is_an_error_not_a_fresh_start(built_set, numbered_run,
@@ -168,13 +169,13 @@ def test_checkpoint_named_but_missing_is_an_error_not_a_fresh_start(built_set, n
     """A workdir copied without the files of its latest checkpoint: resuming (and
     `restore_model`) stops with an error naming it instead of training again from step 0."""
     workdir = _copy(numbered_run, tmp_path)
-    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    latest = tf.train.latest_checkpoint(str(workdir / "stages" / "0_train" / "checkpoints"))
     for path in glob.glob(latest + ".*"):
         os.remove(path)
     message = re.escape(f"checkpoints/checkpoint names the checkpoint {latest}, whose files are "
                         "missing")
-    run = trainer.Trainer(tiny_config(built_set, num_val_images=0, num_steps=3), str(workdir))
+    run = trainer.stage_trainer(tiny_config(built_set, num_val_images=0, num_steps=3), str(workdir))
     with pytest.raises(FileNotFoundError, match=message):
         run.run()
     with pytest.raises(FileNotFoundError, match=message):
-        checkpoints.restore_model(str(workdir))
+        workdir_lib.restore_model(str(workdir))

@@ -43,7 +43,7 @@ from tiny import tiny_config
 
 def get_config():
     config = tiny_config({manifest!r}, strategy="multi_worker", batch_size={batch}, **{train!r})
-    config.model.sync_batch_norm = True
+    config.train.sync_batch_norm = True
     return config
 """
 
@@ -52,7 +52,7 @@ def _single_process_config(manifest, num_steps):
     """The config file's run on one replica with the workers' global batch."""
     config = tiny_config(manifest, strategy="default", batch_size=BATCH_PER_REPLICA * NUM_WORKERS,
                          num_steps=num_steps, **TRAIN)
-    config.model.sync_batch_norm = True
+    config.train.sync_batch_norm = True
     return config
 
 
@@ -117,7 +117,7 @@ def _reference_run(config, workdir):
 
     Returns the largest change of a trainable weight over the run.
     """
-    run = trainer.Trainer(config, workdir)
+    run = trainer.stage_trainer(config, workdir)
     assert run.strategy.num_replicas_in_sync == 1
     assert run.global_batch == BATCH_PER_REPLICA * NUM_WORKERS
 
@@ -138,7 +138,7 @@ def _reference_run(config, workdir):
 def _trained_variables(workdir, step):
     """{checkpoint key: value} of the variables in WORKDIR/checkpoints/ckpt-STEP (the model's,
     some filed under the optimizer that tracks them, and the step counter)."""
-    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints", f"ckpt-{step}"))
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "stages", "0_train", "checkpoints", f"ckpt-{step}"))
     return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
             if key != "_CHECKPOINTABLE_OBJECT_GRAPH" and not key.startswith("save_counter")}
 
@@ -153,7 +153,7 @@ def test_two_workers_train_like_one_process_and_resume_from_the_chief(built_set,
     # 4 steps (1 into the second epoch), then the worker's private checkpoint folder is lost
     # (as on a new machine) and the same command trains on to step 6.
     _train_on_two_workers(config_file, workdir, 4, tmp_path)
-    assert {os.path.basename(p) for p in tf.io.gfile.glob(str(workdir / "checkpoints" / "*.index"))
+    assert {os.path.basename(p) for p in tf.io.gfile.glob(str(workdir / "stages" / "0_train" / "checkpoints" / "*.index"))
             } == {"ckpt-2.index", "ckpt-3.index", "ckpt-4.index"}
     # The worker takes part in every save, into a folder of its own that is never read.
     assert tf.train.latest_checkpoint(str(workdir / "tmp_worker" / "checkpoints_0")).endswith(
@@ -161,11 +161,11 @@ def test_two_workers_train_like_one_process_and_resume_from_the_chief(built_set,
     tf.io.gfile.rmtree(str(workdir / "tmp_worker"))
     logs = _train_on_two_workers(config_file, workdir, 6, tmp_path)
     for log in logs:
-        assert "resumed from " + str(workdir / "checkpoints" / "ckpt-4") + " at step 4" in log
+        assert "resumed from " + str(workdir / "stages" / "0_train" / "checkpoints" / "ckpt-4") + " at step 4" in log
 
     # The chief alone writes WORKDIR: config, checkpoints and one TensorBoard file per run.
-    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-6")
-    reader = tf.train.load_checkpoint(str(workdir / "checkpoints" / "ckpt-6"))
+    assert tf.train.latest_checkpoint(str(workdir / "stages" / "0_train" / "checkpoints")).endswith("ckpt-6")
+    reader = tf.train.load_checkpoint(str(workdir / "stages" / "0_train" / "checkpoints" / "ckpt-6"))
     [iterations] = [k for k in reader.get_variable_to_shape_map() if "iterations" in k]
     assert reader.get_tensor(iterations) == 6
     assert json.loads((workdir / "config.json").read_text())["train"]["strategy"] == "multi_worker"

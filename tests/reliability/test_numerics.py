@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from chestxray_tf import labels as labels_lib
 from chestxray_tf.losses import li2018 as li2018_loss
-from chestxray_tf.models import registry
+from chestxray_tf import tasks
 
 from tiny import tiny_config
 
@@ -43,8 +43,8 @@ def _targets(case):
 def model_and_step():
     config = tiny_config("unused")
     config.model.update(grid=GRID, smoothing=None)
-    model = registry.build_model(config, pretrained=False)
-    loss_fn = registry.make_loss(config)
+    task = tasks.get_task(config.task)(config)
+    model, loss_fn = task.build_model(pretrained=False), task.loss
 
     @tf.function
     def step(batch):

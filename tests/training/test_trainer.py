@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from chestxray_tf.models import registry
-from chestxray_tf.training import checkpoints, trainer
+from chestxray_tf.tasks.li2018 import Li2018
+from chestxray_tf import workdir as workdir_lib
+from chestxray_tf.training import trainer
 
 from tiny import tiny_config
 
@@ -37,7 +38,7 @@ def test_loss_falls_and_tensorboard_has_the_terms(built_set, tmp_path):
     config = tiny_config(built_set, num_steps=60, learning_rate=3e-3, log_every_steps=6,
                          checkpoint_every_steps=30, steps_per_epoch=30)
     last = trainer.train(config, str(tmp_path))
-    scalars, images = _scalars(tmp_path / "logs" / "train")
+    scalars, images = _scalars(tmp_path / "stages" / "0_train" / "logs")
     loss = [v for _, v in scalars["train/loss"]]
     assert len(loss) == 10
     assert np.mean(loss[-3:]) < 0.85 * np.mean(loss[:2]), loss
@@ -48,12 +49,12 @@ def test_loss_falls_and_tensorboard_has_the_terms(built_set, tmp_path):
     assert [s for s, _ in scalars["val/auc_mean"]] == [30, 60]
     assert math.isclose(last["learning_rate"], 3e-3, rel_tol=1e-6)
     assert os.path.exists(tmp_path / "config.json")
-    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-60")
-    assert os.path.exists(checkpoints.resolve(str(tmp_path), "best") + ".index")
+    assert tf.train.latest_checkpoint(str(tmp_path / "stages" / "0_train" / "checkpoints")).endswith("ckpt-60")
+    assert os.path.exists(workdir_lib.resolve(str(tmp_path), "best") + ".index")
 
 
 def _weights(workdir):
-    _, model, _ = checkpoints.restore_model(workdir)
+    _, model, _ = workdir_lib.restore_model(workdir)
     return model.get_weights()
 
 
@@ -65,7 +66,7 @@ def test_resume_continues_from_the_saved_step_in_the_same_data_order(built_set, 
     interrupted = tiny_config(built_set, num_steps=6, steps_per_epoch=4,
                               checkpoint_every_steps=3, num_val_images=0)
     trainer.train(interrupted, str(tmp_path / "resumed"))
-    resumed = trainer.Trainer(straight, str(tmp_path / "resumed"))
+    resumed = trainer.stage_trainer(straight, str(tmp_path / "resumed"))
     assert resumed.manager.latest_checkpoint.endswith("ckpt-6")
     resumed.run()
     assert int(resumed.optimizer.iterations.numpy()) == 12
@@ -75,20 +76,15 @@ def test_resume_continues_from_the_saved_step_in_the_same_data_order(built_set, 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(built_set, tmp_path, monkeypatch):
     poison = tf.Variable(1.0)
-    paper = registry.PAPERS["li2018"]
+    loss_fn = Li2018.loss
 
-    def poisoned_loss(config):
-        loss_fn = paper.make_loss(config)
+    def poisoned_loss(self, batch, outputs):
+        loss, terms = loss_fn(self, batch, outputs)
+        return loss * poison, terms
 
-        def fn(batch, outputs):
-            loss, terms = loss_fn(batch, outputs)
-            return loss * poison, terms
-        return fn
-
-    monkeypatch.setitem(registry.PAPERS, "li2018",
-                        registry.Paper(paper.build_model, poisoned_loss, paper.map_key))
+    monkeypatch.setattr(Li2018, "loss", poisoned_loss)
     config = tiny_config(built_set, num_steps=20, checkpoint_every_steps=5, num_val_images=0)
-    run = trainer.Trainer(config, str(tmp_path))
+    run = trainer.stage_trainer(config, str(tmp_path))
     step_fn = run._train_step
 
     def step(iterator):
@@ -99,7 +95,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(built_set, tmp_path, 
     run._train_step = step
     with pytest.raises(trainer.TrainingDivergedError, match="step 8.*ckpt-5"):
         run.run()
-    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-5")
+    assert tf.train.latest_checkpoint(str(tmp_path / "stages" / "0_train" / "checkpoints")).endswith("ckpt-5")
     monkeypatch.undo()
     assert all(np.isfinite(w).all() for w in _weights(str(tmp_path)))
 
@@ -118,8 +114,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         config = tiny_config(sys.argv[1], strategy=strategy, batch_size=4 if strategy == "default"
                              else 2, optimizer="sgd", momentum=0.0, learning_rate=0.1,
                              num_val_images=0)
-        config.model.sync_batch_norm = True
-        run = trainer.Trainer(config, workdir)
+        config.train.sync_batch_norm = True
+        run = trainer.stage_trainer(config, workdir)
         assert run.global_batch == 4 and run.strategy.num_replicas_in_sync == (
             1 if strategy == "default" else 2)
         if weights is not None:
@@ -170,7 +166,7 @@ def test_xla_step_matches_the_plain_step(built_set, tmp_path):
     for jit in (False, True):
         config = tiny_config(built_set, num_steps=1, num_val_images=0, jit_compile=jit,
                              optimizer="sgd", momentum=0.0)
-        run = trainer.Trainer(config, str(tmp_path / f"jit_{jit}"))
+        run = trainer.stage_trainer(config, str(tmp_path / f"jit_{jit}"))
         before = run.model.get_weights()
         logs = run.run()
         results.append((logs["loss"], [w - b for w, b in zip(run.model.get_weights(), before)]))

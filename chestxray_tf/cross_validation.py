@@ -10,10 +10,11 @@ import json
 import os
 import shlex
 
-import tensorflow as tf
-
+from chestxray_tf import workdir as workdir_lib
 from chestxray_tf.evaluation import cv_report, evaluate
 from chestxray_tf.training import trainer
+
+FOLD_FIELD = "--config.data.test_fold"
 
 
 def fold_dir(workdir, fold):
@@ -31,17 +32,23 @@ def fold_config(config, fold):
 def is_finished(workdir, config):
     """True when WORKDIR/eval/report.json was made from the checkpoint of the last step."""
     report = os.path.join(workdir, "eval", "report.json")
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, trainer.CHECKPOINT_DIR))
-    if latest is None or not os.path.exists(report):
+    if not os.path.exists(report) or not os.path.isdir(os.path.join(workdir,
+                                                                    workdir_lib.STAGES_DIR)):
+        return False
+    stages = workdir_lib.stage_dirs(workdir)
+    if not stages or not all(os.path.exists(os.path.join(s, workdir_lib.DONE_FILE))
+                             for s in stages):
         return False
     with open(report) as f:
         evaluated = json.load(f).get("checkpoint")
-    return evaluated == latest and latest.endswith(f"-{config.train.num_steps}")
+    return evaluated == workdir_lib.resolve(workdir, "latest")
 
 
 def run(config, workdir, folds, progress=True):
     """Trains and evaluates every fold of `folds` (skipping finished ones), then writes
     WORKDIR/cv_report.json and cv_report.md. Returns the report paths."""
+    if len(set(folds)) != len(folds):
+        raise ValueError(f"folds {folds} are not distinct: each fold is tested once")
     reports = []
     for fold in folds:
         config_k, run_dir = fold_config(config, fold), fold_dir(workdir, fold)
@@ -55,8 +62,18 @@ def run(config, workdir, folds, progress=True):
     return cv_report.write_cv_report(workdir, reports)
 
 
+def check_overrides(overrides):
+    """Refuses a `--config.data.test_fold` among the overrides: the fold is the one thing
+    cross-validation sets (else every fold's command would test the same fold)."""
+    clash = [o for o in overrides if o.split("=")[0] == FOLD_FIELD]
+    if clash:
+        raise ValueError(f"{' '.join(clash)}: cross-validation sets the test fold of each run "
+                         "itself; choose the folds with --folds")
+
+
 def fold_commands(config_path, overrides, workdir, folds):
     """One shell command per fold (train, then evaluate), then the aggregation command."""
+    check_overrides(overrides)
     extra = " ".join(shlex.quote(o) for o in overrides)
     commands = []
     for fold in folds:

@@ -1,0 +1,14 @@
+"""One Task per paper (`chestxray_tf.tasks.base.Task`): `TASKS` maps a config's `task` name to
+its class, `get_task(name)` looks one up."""
+
+from chestxray_tf.tasks.baseline import Baseline
+from chestxray_tf.tasks.li2018 import Li2018
+
+TASKS = {task.name: task for task in (Li2018, Baseline)}
+
+
+def get_task(name):
+    """The Task class registered as `name` (e.g. "li2018")."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(sorted(TASKS))}")
+    return TASKS[name]
