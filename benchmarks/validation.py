@@ -193,7 +193,7 @@ def training_losses(run_dir):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tensorflow.core.util import event_pb2  # pylint: disable=import-outside-toplevel
     steps, values = [], []
-    for path in sorted((run_dir / "logs" / "train").glob("events.out.tfevents.*")):
+    for path in sorted((run_dir / "stages" / "0_train" / "logs").glob("events.out.tfevents.*")):
         for raw in tf.data.TFRecordDataset(str(path)):
             event = event_pb2.Event.FromString(raw.numpy())
             for value in event.summary.value:

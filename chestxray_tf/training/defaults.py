@@ -115,7 +115,7 @@ def parse_arg(arg, **allowed):
 def smoke(config):
     """The `:tiny` smoke mode, in place: the same experiment, every stage, at test sizes (64 px,
     tiny widths, the task's `smoke`), a few steps, no weights to download."""
-    config.data.update(image_size=64, shuffle_buffer=64, num_parallel_calls=2, cycle_length=2)
+    config.data.update(image_size=64, shuffle_buffer=64, num_parallel_calls=2)
     config.train.update(batch_size=4, num_steps=10, lr_decay_epochs=0, checkpoint_every_steps=5,
                         log_every_steps=2, num_val_images=16, num_summary_images=2,
                         progress_bar=False)

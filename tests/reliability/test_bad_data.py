@@ -155,7 +155,7 @@ def test_training_reports_the_skipped_records_at_each_epoch_end(built_set, tmp_p
     config.data.skip_corrupt = True
     workdir = tmp_path / "run"
     trainer.train(config, str(workdir))
-    counts = events.scalars(str(workdir / "logs" / "train"), "train/skipped_records")
+    counts = events.scalars(str(workdir / "stages" / "0_train" / "logs"), "train/skipped_records")
     assert sorted(counts) == [5, 10, 15]
     assert 1 <= sum(counts.values()) and all(c in (0, 1) for c in counts.values())
 

@@ -156,9 +156,9 @@ def test_two_workers_train_like_one_process_and_resume_from_the_chief(built_set,
     assert {os.path.basename(p) for p in tf.io.gfile.glob(str(workdir / "stages" / "0_train" / "checkpoints" / "*.index"))
             } == {"ckpt-2.index", "ckpt-3.index", "ckpt-4.index"}
     # The worker takes part in every save, into a folder of its own that is never read.
-    assert tf.train.latest_checkpoint(str(workdir / "tmp_worker" / "checkpoints_0")).endswith(
+    assert tf.train.latest_checkpoint(str(workdir / "stages" / "0_train" / "checkpoints" / "tmp_worker" / "0")).endswith(
         "ckpt-4")
-    tf.io.gfile.rmtree(str(workdir / "tmp_worker"))
+    tf.io.gfile.rmtree(str(workdir / "stages" / "0_train" / "checkpoints" / "tmp_worker"))
     logs = _train_on_two_workers(config_file, workdir, 6, tmp_path)
     for log in logs:
         assert "resumed from " + str(workdir / "stages" / "0_train" / "checkpoints" / "ckpt-4") + " at step 4" in log
@@ -169,12 +169,12 @@ def test_two_workers_train_like_one_process_and_resume_from_the_chief(built_set,
     [iterations] = [k for k in reader.get_variable_to_shape_map() if "iterations" in k]
     assert reader.get_tensor(iterations) == 6
     assert json.loads((workdir / "config.json").read_text())["train"]["strategy"] == "multi_worker"
-    assert len(tf.io.gfile.glob(str(workdir / "logs" / "train" / "events.out.tfevents.*"))) == 2
-    losses = events.scalars(str(workdir / "logs" / "train"), "train/loss")
+    assert len(tf.io.gfile.glob(str(workdir / "stages" / "0_train" / "logs" / "events.out.tfevents.*"))) == 2
+    losses = events.scalars(str(workdir / "stages" / "0_train" / "logs"), "train/loss")
     assert sorted(losses) == [2, 3, 4, 6], losses  # every 2 steps and at epoch ends
 
     largest_change = _reference_run(_single_process_config(built_set, 6), str(tmp_path / "single"))
-    reference_losses = events.scalars(str(tmp_path / "single" / "logs" / "train"), "train/loss")
+    reference_losses = events.scalars(str(tmp_path / "single" / "stages" / "0_train" / "logs"), "train/loss")
     assert sorted(reference_losses) == sorted(losses)
     for step in losses:
         assert losses[step] == pytest.approx(reference_losses[step], rel=RTOL), step
