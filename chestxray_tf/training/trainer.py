@@ -120,7 +120,7 @@ class Run:
         for index, stage in enumerate(self.stages):
             folder = self.stage_dir(index)
             done = os.path.join(folder, workdir_lib.DONE_FILE)
-            if tf.io.gfile.exists(done):
+            if tf.io.gfile.exists(done) and self._finished(index, workdir_lib.read_json(done)):
                 logging.info("stage %d %s: done, skipped", index, stage.name)
                 previous = folder
                 continue
@@ -139,6 +139,30 @@ class Run:
                                                 **summary})
             previous = folder
         return last
+
+    def _finished(self, index, done):
+        """Whether a stage marked done stays done: a gradient stage whose `num_steps` was
+        raised since (and that its plateau rule did not end) trains on, when no later stage
+        has started from it."""
+        stage = self.stages[index]
+        if stage.kind != "gradient" or done.get("stopped_by_plateau"):
+            return True
+        if done.get("steps", 0) >= stage.train.num_steps:
+            if done.get("steps", 0) > stage.train.num_steps:
+                logging.warning("stage %d %s trained %d steps, more than num_steps=%d now: "
+                                "nothing to do", index, stage.name, done["steps"],
+                                stage.train.num_steps)
+            return True
+        for later in range(index + 1, len(self.stages)):
+            folder = self.stage_dir(later)
+            if tf.io.gfile.exists(folder):
+                raise ValueError(
+                    f"stage {stage.name} trained {done['steps']} of the {stage.train.num_steps} "
+                    f"steps asked now, but {folder} already started from it: train on in a "
+                    "new workdir, or remove the later stages' folders")
+        logging.info("stage %d %s: num_steps raised from %d to %d, training on", index,
+                     stage.name, done["steps"], stage.train.num_steps)
+        return False
 
     def _restore_weights(self, folder):
         path = workdir_lib.latest_checkpoint(os.path.join(folder, workdir_lib.CHECKPOINTS))
@@ -251,13 +275,18 @@ class StageTrainer:
 
     # ------------------------------------------------------------------ data
 
-    def _iterator(self, epoch, skip_batches):
+    def _dataset_fn(self, epoch, skip_batches):
+        """The training input of `epoch` (from batch `skip_batches`) for one input context."""
         def dataset_fn(input_context):
             return self.run_.dataset(self.run_.split.train, training=True,
                                      batch_size=self.global_batch, input_context=input_context,
                                      seed=self.run_.config.seed + epoch,
                                      skip_batches=skip_batches)
-        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+        return dataset_fn
+
+    def _iterator(self, epoch, skip_batches):
+        return iter(self.strategy.distribute_datasets_from_function(
+            self._dataset_fn(epoch, skip_batches)))
 
     # ------------------------------------------------------------------ step
 

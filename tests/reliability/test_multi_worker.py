@@ -113,7 +113,7 @@ def _train_on_two_workers(config_file, workdir, num_steps, log_dir):
 
 def _reference_run(config, workdir):
     """One process, one replica, global batch = the workers' sum, fed each step the union of
-    what the two workers' input pipelines give (`Trainer._dataset_fn` with their contexts).
+    what the two workers' input pipelines give (`StageTrainer._dataset_fn` with their contexts).
 
     Returns the largest change of a trainable weight over the run.
     """
