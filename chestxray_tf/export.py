@@ -20,7 +20,8 @@ The SavedModel is written by `keras.export.ExportArchive`, whose variables the C
 saved with `tf.saved_model.save` does not load there). `assets.extra/chestxray_tf.json`
 (`read_metadata`) holds what a client needs to read the outputs: the class names in the order
 of the K columns, the input size, the normalisation and the region rule. Images larger than
-`MAX_PIXELS` or more elongated than `MAX_ASPECT` fail the call with a message naming the limit
+`MAX_PIXELS` or more elongated than `MAX_ASPECT` (the bounds of `chestxray_tf.io`) fail the
+call with a message naming the limit
 (padding a 15000 x 1 image to a square would take gigabytes).
 """
 
@@ -37,8 +38,8 @@ from chestxray_tf.labels import CLASS_NAMES
 
 METADATA_FILE = os.path.join("assets.extra", "chestxray_tf.json")
 ADDED_KEYS = ("scores", "maps", "region_boxes", "region_scores")
-MAX_PIXELS = io_lib.MAX_PIXELS
-MAX_ASPECT = io_lib.MAX_ASPECT
+MAX_PIXELS = io_lib.MAX_IMAGE_PIXELS
+MAX_ASPECT = int(io_lib.MAX_ASPECT_RATIO)
 
 
 def serving_metadata(config, region_threshold=None):

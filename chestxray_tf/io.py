@@ -19,6 +19,19 @@ preamble. Every problem (empty file, not an image, DICOM without pixel data, pix
 compressed with a codec that has no decoder installed, missing pydicom) raises `ImageReadError`
 naming the file.
 
+Bounded work per image (`check_bounds`): the size is read from the header (PNG IHDR, JPEG
+frame header, DICOM Rows / Columns) before any pixel is decoded, and an image of more than
+`MAX_IMAGE_PIXELS` pixels, a longer side over `MAX_IMAGE_SIDE` or an aspect ratio (longer side
+/ shorter side) over `MAX_ASPECT_RATIO` is an `ImageReadError` naming the file and the bound:
+a small file that declares a huge frame (a decompression bomb, or a 15000 x 1 strip whose
+padded square would be 15000 x 15000) is refused without allocating it. The square the model
+sees is then at most MAX_IMAGE_SIDE^2 pixels. The same constants bound the SavedModel's
+in-graph padding (`chestxray_tf.export`) when it reuses them.
+
+Orientation: a JPEG (or PNG) with an EXIF Orientation tag other than 1 is turned upright as a
+viewer displays it (`PIL.ImageOps.exif_transpose`), and its width, height and every box are in
+that upright frame; `source["exif_orientation"]` records the tag (1 when absent).
+
 `pad_to_square` pads an H x W image to S x S, S = max(H, W), centred and black: `top =
 (S - H) // 2` rows above, `left = (S - W) // 2` columns on the left (the rest below / on the
 right). Its `Padding` maps boxes and maps found on the square back to the original frame. The
@@ -29,7 +42,7 @@ import dataclasses
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -39,10 +52,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
 GREY_DICOM = ("MONOCHROME1", "MONOCHROME2")
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # Pillow modes of more than 8 bits a pixel
 
-# Bounds of the work per image (predict and the SavedModel's signatures): a radiograph is at
-# most ~4k x 4k pixels and about 1:2.5; padding a 15000 x 1 image to a square would need 4 GB.
-MAX_PIXELS = 64_000_000
-MAX_ASPECT = 8
+# Bounds of the work per image, checked from the header before decoding (`check_bounds`).
+# A chest radiograph is at most ~4300 x 4300 (43 cm at 0.1 mm) and about square.
+MAX_IMAGE_PIXELS = 32 * 1024 * 1024  # H x W of a decoded image (33.5 M; a 5792^2 frame)
+MAX_IMAGE_SIDE = 8192  # the longer side: the padded square is at most 8192^2 (268 MB float32)
+MAX_ASPECT_RATIO = 4.0  # longer side / shorter side
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of the orientation (1: upright)
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT/JPG/DAC)
+_JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}  # RSTn, TEM, SOI
 
 
 class ImageReadError(ValueError):
@@ -52,6 +69,94 @@ class ImageReadError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """What a PNG or JPEG header says, read without decoding: `format` ('png' or 'jpeg') and
+    the stored `width` x `height` (before any EXIF orientation)."""
+    format: str
+    width: int
+    height: int
+
+
+def check_bounds(path, width, height, max_pixels=MAX_IMAGE_PIXELS, max_side=MAX_IMAGE_SIDE,
+                 max_aspect=MAX_ASPECT_RATIO):
+    """Raises `ImageReadError` naming `path` when a `width` x `height` image is empty or
+    exceeds a bound (pixels, longer side, aspect ratio); see the module docstring."""
+    width, height = int(width), int(height)
+    size = f"{width} x {height} pixels"
+    if width < 1 or height < 1:
+        raise ImageReadError(path, f"the header declares {size}: an empty image")
+    if width * height > max_pixels:
+        raise ImageReadError(path, f"the header declares {size} ({width * height:,}), more than "
+                                   f"the bound of {max_pixels:,} (io.MAX_IMAGE_PIXELS); not "
+                                   "decoded")
+    if max(width, height) > max_side:
+        raise ImageReadError(path, f"the header declares {size}: the longer side exceeds the "
+                                   f"bound of {max_side} (io.MAX_IMAGE_SIDE); not decoded")
+    aspect = max(width, height) / min(width, height)
+    if aspect > max_aspect:
+        raise ImageReadError(path, f"the header declares {size}: aspect ratio {aspect:.1f}:1 "
+                                   f"exceeds the bound of {max_aspect:g}:1 "
+                                   "(io.MAX_ASPECT_RATIO); not a radiograph, not decoded")
+
+
+def _png_size(path, f):
+    f.seek(len(PNG_SIGNATURE))
+    chunk = f.read(16)
+    if len(chunk) < 16 or chunk[4:8] != b"IHDR":
+        raise ImageReadError(path, "unreadable png: no IHDR header (truncated or damaged)")
+    return int.from_bytes(chunk[8:12], "big"), int.from_bytes(chunk[12:16], "big")
+
+
+def _jpeg_size(path, f):
+    """The size in the first frame header (SOFn) of a JPEG, walking the marker segments."""
+    f.seek(2)
+    while True:
+        byte = f.read(1)
+        if byte != b"\xff":
+            raise ImageReadError(path, "unreadable jpeg: the header ends or is damaged before "
+                                       "its frame header (SOF)")
+        marker = f.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = f.read(1)
+        if not marker:
+            raise ImageReadError(path, "unreadable jpeg: truncated before its frame header (SOF)")
+        code = marker[0]
+        if code in _JPEG_NO_LENGTH:
+            continue
+        if code in (0xD9, 0xDA):  # EOI, SOS: image data without a frame header
+            raise ImageReadError(path, "unreadable jpeg: no frame header (SOF) before its data")
+        length = f.read(2)
+        if len(length) < 2 or int.from_bytes(length, "big") < 2:
+            raise ImageReadError(path, "unreadable jpeg: a damaged marker segment")
+        if code in _JPEG_SOF:
+            frame = f.read(5)
+            if len(frame) < 5:
+                raise ImageReadError(path, "unreadable jpeg: truncated in its frame header (SOF)")
+            return int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big")
+        f.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+
+
+def read_header(path):
+    """The format and size of a PNG or JPEG from its header, without decoding any pixel.
+
+    Raises:
+        ImageReadError: the file cannot be opened, is neither a PNG nor a JPEG, or its header
+            is truncated or damaged.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(PNG_SIGNATURE))
+            if head.startswith(PNG_SIGNATURE):
+                return ImageHeader("png", *_png_size(path, f))
+            if head.startswith(JPEG_SIGNATURE):
+                return ImageHeader("jpeg", *_jpeg_size(path, f))
+    except OSError as e:
+        raise ImageReadError(path, f"cannot open: {e.strerror or e}") from e
+    raise ImageReadError(path, "empty file" if not head else "not a PNG or JPEG image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,19 +181,30 @@ def to_uint8(values):
     return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
-def _read_pil(path, image_format):
+def _read_pil(path, header):
+    """Decodes a PNG or JPEG whose `header` passed `check_bounds`; EXIF orientation applied."""
+    image_format = header.format
     try:
         with Image.open(path) as image:
+            if image.size != (header.width, header.height):
+                raise ImageReadError(path, f"the decoder sees {image.size[0]} x "
+                                           f"{image.size[1]} pixels, the header "
+                                           f"{header.width} x {header.height}")
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
             image.load()
-            mode = image.mode
+            upright = ImageOps.exif_transpose(image)
+            mode = upright.mode
             if mode in WIDE_MODES:
-                pixels = to_uint8(np.asarray(image))
+                pixels = to_uint8(np.asarray(upright))
             else:
-                pixels = np.asarray(image if mode == "L" else image.convert("L"))
+                pixels = np.asarray(upright if mode == "L" else upright.convert("L"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, ImageReadError):
+            raise
         raise ImageReadError(path, f"unreadable {image_format}: {e}") from e
     return pixels, {"format": image_format, "mode": mode,
-                    "scaling": "min-max" if mode in WIDE_MODES else "none"}
+                    "scaling": "min-max" if mode in WIDE_MODES else "none",
+                    "exif_orientation": int(orientation) if isinstance(orientation, int) else 1}
 
 
 def _import_pydicom(path):
@@ -119,6 +235,9 @@ def _dicom_dataset(pydicom, path, force):
     if int(dataset.get("NumberOfFrames", 1) or 1) != 1:
         raise ImageReadError(path, f"a multi-frame DICOM ({dataset.NumberOfFrames} frames) is "
                                    "not a radiograph")
+    if "Rows" not in dataset or "Columns" not in dataset:
+        raise ImageReadError(path, "the DICOM has no Rows / Columns")
+    check_bounds(path, dataset.Columns, dataset.Rows)  # before the pixel data is decoded
     return dataset
 
 
@@ -160,11 +279,13 @@ def read_image(path):
     """Reads a PNG, JPEG or DICOM radiograph as 8-bit grey pixels (see the module docstring).
 
     Returns:
-        `Scan` with pixels uint8 [H, W] in the file's pixel frame.
+        `Scan` with pixels uint8 [H, W] in the file's pixel frame (upright: EXIF orientation
+        applied).
 
     Raises:
-        ImageReadError: the file is missing, empty, not a PNG, JPEG or DICOM image, or cannot
-            be decoded; the message names the file and the problem.
+        ImageReadError: the file is missing, empty, not a PNG, JPEG or DICOM image, exceeds a
+            bound of `check_bounds` (checked from the header, before decoding), or cannot be
+            decoded; the message names the file and the problem.
     """
     path = os.fspath(path)
     try:
@@ -174,10 +295,10 @@ def read_image(path):
         raise ImageReadError(path, f"cannot open: {e.strerror or e}") from e
     if not head:
         raise ImageReadError(path, "empty file")
-    if head.startswith(PNG_SIGNATURE):
-        pixels, source = _read_pil(path, "png")
-    elif head.startswith(JPEG_SIGNATURE):
-        pixels, source = _read_pil(path, "jpeg")
+    if head.startswith(PNG_SIGNATURE) or head.startswith(JPEG_SIGNATURE):
+        header = read_header(path)
+        check_bounds(path, header.width, header.height)
+        pixels, source = _read_pil(path, header)
     elif head[DICOM_PREAMBLE:] == b"DICM":
         pixels, source = _read_dicom(path, force=False)
     elif os.path.splitext(path)[1].lower() in DICOM_SUFFIXES + ("",):

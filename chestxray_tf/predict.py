@@ -24,18 +24,47 @@
 (dashed), the class and its probability as the title. `summary.csv` has a row per file: its
 status (`ok` or `error` with the message), the findings and every reported class's probability.
 
-Inputs: `--input` is a file or a folder, walked recursively (hidden entries, `DICOMDIR` and the
-output folder excepted); a folder's files named `.png`, `.jpg`, `.jpeg`, `.dcm`, `.dicom` or
-without a suffix (as PACS exports often are) are read, others are listed as skipped. The outputs
-mirror the input's sub-folders: NAME is the file's path under `--input` without its suffix
-(with it, when two files differ only by their suffix, e.g. `a.png` and `a.dcm`).
+Inputs: `--input` is a file or a folder, walked recursively in sorted order; a folder's files
+named `.png`, `.jpg`, `.jpeg`, `.dcm`, `.dicom` or without a suffix (as PACS exports often are)
+are read. Everything else is skipped, counted and listed with its reason (`Summary.skipped`,
+printed by the CLI): hidden entries, `DICOMDIR`, files of other suffixes, symbolic links to
+folders (not followed), folders that cannot be listed, the output folder, and any earlier
+output folder of predict (a folder holding `OUTPUT_MARKER`; logged as a WARNING), so results
+are never read back as radiographs.
+
+Outputs: NAME is the file's path under `--input` without its suffix; with it when two files
+differ only by their suffix (`a.png`, `a.dcm`), compared without case (so that a
+case-insensitive disk cannot merge them); and when that still leaves two inputs on one NAME
+(`d.png`, `d.png.jpg` and `d.jpg`), or NAME.json / NAME.png would be a folder of the outputs,
+summary.csv or the marker, the later one in sorted order gets `NAME~2` (`~3`, ...). So every
+input has its own NAME.json and NAME.png; summary.csv gives each file's NAME.
+
+Where the outputs go (guaranteed, checked before any image is read):
+
+* inputs are never written: `--output` may not be the input folder, the folder of an input
+  file, or any folder containing the input, nor hold an input through a symbolic link (real
+  paths are compared: symbolic links and `..` resolved). It may lie inside the input folder
+  (it is then skipped by the walk).
+* no file predict did not write is replaced or deleted: `--output` must be missing, an empty
+  folder, or an output folder of an earlier run (its `OUTPUT_MARKER` lists the files it wrote)
+  holding nothing else; otherwise the run stops with `FileExistsError` naming it.
+* a rerun leaves no stale result: the run writes into a new hidden folder beside `--output`
+  (`.NAME.partial-PID-...`), then swaps it in for the old output folder in two renames and
+  deletes the old one. `--output` therefore always holds the whole result of one run, its
+  summary.csv listing exactly its NAME files; a run that fails or is interrupted leaves the
+  previous results as they were (a SIGKILL may leave its hidden partial folder behind, which
+  a later run ignores and which can be deleted).
 """
 
 import collections
 import csv
 import dataclasses
+import io as std_io
 import json
+import math
 import os
+import shutil
+import uuid
 from typing import Callable
 
 import numpy as np
@@ -44,13 +73,16 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from chestxray_tf import export, inference, workdir as workdir_lib
+from chestxray_tf import export, fileio, inference, workdir as workdir_lib
 from chestxray_tf import io as io_lib
 from chestxray_tf.evaluation import figures
 from chestxray_tf.labels import ALIASES
 from chestxray_tf.tasks.base import RegionRule
 
 SUMMARY_FILE = "summary.csv"
+# In every output folder: {"written_by": MARKER_WRITER, "complete": bool, "files": [...]}.
+OUTPUT_MARKER = ".chestxray_predict.json"
+MARKER_WRITER = "chestxray_tf.predict"
 SKIPPED_NAMES = ("DICOMDIR",)  # the index of a DICOM medium, never an image
 OVERLAY_MAX_SIDE = 512  # pixels of the longer side of the image drawn in the overlay
 BOX_FORMAT = "[x, y, w, h] in pixels of the original image, (x, y) its top-left corner"
@@ -97,9 +129,25 @@ def load_predictor(model_path, checkpoint="latest"):
                             "nor a training workdir (config.json)")
 
 
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """An entry of `--input` that is not read: its `path` and the `reason`."""
+    path: str
+    reason: str
+
+
+def is_output_folder(folder):
+    """Whether `folder` is an output folder of predict (it holds `OUTPUT_MARKER`)."""
+    return os.path.isfile(os.path.join(folder, OUTPUT_MARKER))
+
+
 def find_inputs(input_path, exclude=None):
     """The files to predict under `input_path` (a file, or a folder walked recursively in
-    sorted order; see the module docstring) and the files skipped, skipping `exclude`.
+    sorted order; see the module docstring) and the entries skipped, skipping `exclude` (the
+    output folder; compared by real path).
+
+    Returns:
+        (files, skipped): paths, and a list of `Skipped`.
 
     Raises:
         FileNotFoundError: `input_path` does not exist.
@@ -108,32 +156,158 @@ def find_inputs(input_path, exclude=None):
         return [input_path], []
     if not os.path.isdir(input_path):
         raise FileNotFoundError(f"--input {input_path} is neither a file nor a folder")
-    exclude = os.path.abspath(exclude) if exclude else None
+    exclude = os.path.realpath(exclude) if exclude else None
     files, skipped = [], []
-    for folder, dirs, names in os.walk(input_path):
+
+    def unlisted(error):
+        skipped.append(Skipped(error.filename or str(error),
+                               f"cannot list the folder: {error.strerror or error}"))
+
+    for folder, dirs, names in os.walk(input_path, onerror=unlisted):
         kept = []
         for d in sorted(dirs):
             path = os.path.join(folder, d)
-            if d.startswith(".") or os.path.abspath(path) == exclude:
-                skipped.append(path)
+            if d.startswith("."):
+                skipped.append(Skipped(path, "hidden"))
+            elif os.path.realpath(path) == exclude:
+                skipped.append(Skipped(path, "the output folder"))
+            elif os.path.islink(path):
+                skipped.append(Skipped(path, "a symbolic link to a folder (not followed)"))
+            elif is_output_folder(path):
+                logging.warning("skipping %s: an output folder of an earlier predict run (it "
+                                "holds %s), not radiographs", path, OUTPUT_MARKER)
+                skipped.append(Skipped(path, f"an output folder of predict (holds "
+                                             f"{OUTPUT_MARKER})"))
             else:
                 kept.append(d)
         dirs[:] = kept
         for name in sorted(names):
+            path = os.path.join(folder, name)
             suffix = os.path.splitext(name)[1].lower()
-            readable = (suffix in io_lib.IMAGE_SUFFIXES or suffix == "") and not (
-                name.startswith(".") or name in SKIPPED_NAMES)
-            (files if readable else skipped).append(os.path.join(folder, name))
+            if name.startswith("."):
+                skipped.append(Skipped(path, "hidden"))
+            elif name in SKIPPED_NAMES:
+                skipped.append(Skipped(path, "the index of a DICOM medium"))
+            elif suffix not in io_lib.IMAGE_SUFFIXES and suffix != "":
+                skipped.append(Skipped(path, f"suffix {suffix} is not one of "
+                                             f"{', '.join(io_lib.IMAGE_SUFFIXES)} or none"))
+            else:
+                files.append(path)
     return files, skipped
 
 
 def output_names(files, root):
-    """NAME of each file: its path under `root` without the suffix, or with it when another
-    file has the same path but for the suffix."""
+    """NAME of each file, unique per file (see the module docstring): its path under `root`
+    without the suffix, with it when another file differs only by its suffix, `~k` appended
+    when a NAME is still taken. Compared without case."""
     relative = [os.path.relpath(f, root) for f in files]
     stems = [os.path.splitext(r)[0] for r in relative]
-    counts = collections.Counter(stems)
-    return [s if counts[s] == 1 else r for s, r in zip(stems, relative)]
+    counts = collections.Counter(s.casefold() for s in stems)
+    wanted = [s if counts[s.casefold()] == 1 else r for s, r in zip(stems, relative)]
+    # Paths a NAME's files may not take: summary.csv, the marker, folders of the outputs.
+    taken = {SUMMARY_FILE.casefold(), OUTPUT_MARKER.casefold()}
+    for name in wanted:
+        parent = os.path.dirname(name)
+        while parent:
+            taken.add(parent.casefold())
+            parent = os.path.dirname(parent)
+    names = []
+    for name in wanted:
+        candidate, k = name, 1
+        while {f"{candidate}.json".casefold(), f"{candidate}.png".casefold()} & taken:
+            k += 1
+            candidate = f"{name}~{k}"
+        taken |= {f"{candidate}.json".casefold(), f"{candidate}.png".casefold()}
+        names.append(candidate)
+    return names
+
+
+def _inside(path, folder):
+    """Whether real path `path` is `folder` or lies under it."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _read_marker(folder):
+    """The marker of an output folder of ours, or None when `folder` has none."""
+    path = os.path.join(folder, OUTPUT_MARKER)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FileExistsError(f"--output {folder}: its {OUTPUT_MARKER} is unreadable ({e}); "
+                              "delete the folder or choose another --output") from e
+    if not isinstance(marker, dict) or marker.get("written_by") != MARKER_WRITER:
+        raise FileExistsError(f"--output {folder}: {path} was not written by {MARKER_WRITER}")
+    return marker
+
+
+def _foreign_files(folder, marker):
+    """Entries under `folder` that the run recorded in `marker` did not write."""
+    ours = set(marker.get("files", [])) | {OUTPUT_MARKER}
+    foreign = []
+    for parent, dirs, names in os.walk(folder):
+        for name in names:
+            relative = os.path.relpath(os.path.join(parent, name), folder)
+            if relative not in ours:
+                foreign.append(relative)
+        for d in dirs:
+            if os.path.islink(os.path.join(parent, d)):
+                foreign.append(os.path.relpath(os.path.join(parent, d), folder))
+    return sorted(foreign)
+
+
+def check_output_location(input_path, output_dir, files):
+    """Refuses an `output_dir` that would overwrite, delete or re-read an input or a file
+    predict did not write (see the module docstring); nothing is written.
+
+    Raises:
+        ValueError: `output_dir` is, or contains, the input (or an input through a link).
+        FileExistsError: `output_dir` is a file, or a non-empty folder not made by predict, or
+            one of ours holding files the earlier run did not write.
+    """
+    real_out = os.path.realpath(output_dir)
+    real_in = os.path.realpath(input_path)
+    if _inside(real_in, real_out):
+        raise ValueError(
+            f"--output {output_dir} (real path {real_out}) is or holds the input {input_path} "
+            f"(real path {real_in}): predict never writes where its inputs are; choose another "
+            "--output")
+    for path in files:
+        real = os.path.realpath(path)
+        if _inside(real, real_out):
+            raise ValueError(f"input {path} is {real}, inside --output {output_dir}: it would "
+                             "be replaced by the outputs; choose another --output")
+    if os.path.lexists(real_out) and not os.path.isdir(real_out):
+        raise FileExistsError(f"--output {output_dir} exists and is not a folder")
+    if not os.path.isdir(real_out) or not os.listdir(real_out):
+        return
+    marker = _read_marker(real_out)
+    if marker is None:
+        entries = sorted(os.listdir(real_out))
+        raise FileExistsError(
+            f"--output {output_dir} is a non-empty folder not written by predict (it holds "
+            f"{', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}); predict replaces "
+            "its output folder as a whole, so give a new or empty folder, or one of an earlier "
+            "predict run")
+    foreign = _foreign_files(real_out, marker)
+    if foreign:
+        raise FileExistsError(
+            f"--output {output_dir} is an output folder of an earlier predict run, but "
+            f"{len(foreign)} entries in it were not written by that run "
+            f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); the run "
+            "replaces the folder as a whole: move them away or choose another --output")
+
+
+def check_arguments(threshold=None, top_k=3):
+    """Raises ValueError for a threshold outside [0, 1] (or not finite) or a top_k below 1;
+    called before any work (the CLI calls it before loading the model)."""
+    if threshold is not None and not (isinstance(threshold, (int, float))
+                                      and math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be in [0, 1] (maps are probabilities), got {threshold}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an integer of at least 1, got {top_k}")
 
 
 def select_classes(class_names, classes=None):
@@ -235,7 +409,8 @@ def write_overlay(scan, prediction, class_names, findings, out_png):
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """What `predict_files` did: a row per file (as in summary.csv) and the files skipped."""
+    """What `predict_files` did: a row per file (as in summary.csv), the entries of the input
+    skipped (`Skipped`: path and reason) and the path of summary.csv."""
     rows: list
     skipped: list
     csv_path: str
@@ -257,17 +432,64 @@ def _predict_file(predictor, path, file_name, out_base, threshold, class_ids, to
     return findings
 
 
+def _written_files(folder):
+    """Every file under `folder`, relative, sorted (the marker itself excepted)."""
+    found = []
+    for parent, _, names in os.walk(folder):
+        found += [os.path.relpath(os.path.join(parent, n), folder) for n in names]
+    return sorted(f for f in found if f != OUTPUT_MARKER)
+
+
+def _write_marker(folder, complete):
+    fileio.atomic_write_json(os.path.join(folder, OUTPUT_MARKER), {
+        "written_by": MARKER_WRITER, "complete": complete,
+        "files": _written_files(folder) if complete else []})
+
+
+class OutputChangedError(FileExistsError):
+    """The output folder gained files predict did not write while it ran: it is left alone
+    and the complete results stay in the partial folder the message names."""
+
+
+def _swap_in(staging, real_out, output_dir):
+    """Replaces `real_out` (missing, empty, or ours) by the complete `staging` folder."""
+    if not os.path.isdir(real_out):
+        os.rename(staging, real_out)
+        return
+    marker = _read_marker(real_out)
+    if marker is None and os.listdir(real_out):  # something appeared during the run
+        raise OutputChangedError(f"--output {output_dir} was filled by something else during "
+                                 f"the run; it is left as it is and the results are in {staging}")
+    foreign = _foreign_files(real_out, marker) if marker else []
+    if foreign:
+        raise OutputChangedError(f"--output {output_dir} gained files during the run "
+                              f"({', '.join(foreign[:5])}); it is left as it is and the "
+                              f"results are in {staging}")
+    old = os.path.join(os.path.dirname(real_out),
+                       f".{os.path.basename(real_out)}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.rename(real_out, old)
+    try:
+        os.rename(staging, real_out)
+    except BaseException:
+        os.rename(old, real_out)
+        raise
+    shutil.rmtree(old)
+
+
 def predict_files(predictor, input_path, output_dir, threshold=None, top_k=3, classes=None,
                   progress=True):
     """Predicts every image of `input_path` (see the module docstring) into `output_dir`.
 
-    A file that fails (unreadable, or any error while predicting or writing) gets an `error`
-    row in summary.csv with its message, and the batch goes on.
+    A file that fails (unreadable, beyond the bounds of `io.check_bounds`, or any error while
+    predicting or writing) gets an `error` row in summary.csv with its message, and the batch
+    goes on. The location checks (`check_output_location`) run before any image is read; the
+    results appear in `output_dir` only once all are written (see the module docstring).
 
     Args:
         predictor: `load_predictor(...)`.
         input_path: a file or a folder.
-        output_dir: where NAME.json, NAME.png and summary.csv go.
+        output_dir: where NAME.json, NAME.png and summary.csv go: a new or empty folder, or an
+            earlier output folder of predict, whose content is replaced.
         threshold: the map threshold T_s of the regions (default: the model's).
         top_k: findings per image (>= 1).
         classes: class names to report (default: all).
@@ -278,42 +500,63 @@ def predict_files(predictor, input_path, output_dir, threshold=None, top_k=3, cl
 
     Raises:
         FileNotFoundError: `input_path` does not exist.
-        ValueError: a bad argument, or no image file under `input_path`.
+        ValueError: a bad argument, no image file under `input_path`, or an `output_dir` that
+            is or holds an input.
+        FileExistsError: an `output_dir` that holds files predict did not write.
     """
+    check_arguments(threshold, top_k)
     names = predictor.metadata["class_names"]
     class_ids = select_classes(names, classes)
     threshold = predictor.metadata["region_threshold"] if threshold is None else threshold
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1] (maps are probabilities), got {threshold}")
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    check_arguments(threshold, top_k)
+    if os.path.isdir(input_path) and is_output_folder(input_path):
+        raise ValueError(f"--input {input_path} is an output folder of predict (it holds "
+                         f"{OUTPUT_MARKER}): its PNGs are overlays, not radiographs")
     files, skipped = find_inputs(input_path, exclude=output_dir)
     if not files:
         raise ValueError(f"no PNG, JPEG or DICOM file under {input_path} (skipped: "
-                         f"{', '.join(skipped) or 'nothing'})")
+                         f"{', '.join(s.path for s in skipped) or 'nothing'})")
+    check_output_location(input_path, output_dir, files)
     root = input_path if os.path.isdir(input_path) else os.path.dirname(input_path) or "."
-    os.makedirs(output_dir, exist_ok=True)
-    rows = []
-    for path, name in zip(tqdm(files, unit="img", desc="predict", disable=not progress),
-                          output_names(files, root)):
-        row = {"file": os.path.relpath(path, root), "name": name, "status": "ok", "error": "",
-               "findings": ""}
-        try:
-            result = _predict_file(predictor, path, row["file"], os.path.join(output_dir, name),
-                                   threshold, class_ids, top_k)
-        except Exception as e:  # pylint: disable=broad-except  (one bad file must not stop all)
-            row.update(status="error", error=str(e) if isinstance(e, io_lib.ImageReadError)
-                       else f"{path}: {type(e).__name__}: {e}")
-            logging.error("%s", row["error"])
-        else:
-            row["findings"] = "; ".join(f"{c} {result['classes'][c]['probability']:.3f}"
-                                        for c in result["findings"])
-            row.update({c: f"{v['probability']:.6f}" for c, v in result["classes"].items()})
-        rows.append(row)
-    csv_path = os.path.join(output_dir, SUMMARY_FILE)
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, ["file", "name", "status", "error", "findings"]
+    real_out = os.path.realpath(output_dir)
+    os.makedirs(os.path.dirname(real_out), exist_ok=True)
+    staging = os.path.join(os.path.dirname(real_out), f".{os.path.basename(real_out)}.partial-"
+                                                      f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(staging)
+    try:
+        _write_marker(staging, complete=False)  # a partial folder is never read as input
+        rows = []
+        for path, name in zip(tqdm(files, unit="img", desc="predict", disable=not progress),
+                              output_names(files, root)):
+            row = {"file": os.path.relpath(path, root), "name": name, "status": "ok",
+                   "error": "", "findings": ""}
+            try:
+                result = _predict_file(predictor, path, row["file"], os.path.join(staging, name),
+                                       threshold, class_ids, top_k)
+            except Exception as e:  # pylint: disable=broad-except  (one bad file must not stop all)
+                row.update(status="error", error=str(e) if isinstance(e, io_lib.ImageReadError)
+                           else f"{path}: {type(e).__name__}: {e}")
+                logging.error("%s", row["error"])
+                for suffix in (".png", ".json"):  # no half result of a failed file
+                    if os.path.exists(os.path.join(staging, name) + suffix):
+                        os.remove(os.path.join(staging, name) + suffix)
+            else:
+                row["findings"] = "; ".join(f"{c} {result['classes'][c]['probability']:.3f}"
+                                            for c in result["findings"])
+                row.update({c: f"{v['probability']:.6f}" for c, v in result["classes"].items()})
+            rows.append(row)
+        text = std_io.StringIO(newline="")
+        writer = csv.DictWriter(text, ["file", "name", "status", "error", "findings"]
                                 + [names[k] for k in class_ids], restval="")
         writer.writeheader()
         writer.writerows(rows)
-    return Summary(rows=rows, skipped=skipped, csv_path=csv_path)
+        fileio.atomic_write(os.path.join(staging, SUMMARY_FILE), text.getvalue())
+        _write_marker(staging, complete=True)
+        _swap_in(staging, real_out, output_dir)
+    except BaseException as e:
+        if not isinstance(e, OutputChangedError):
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for entry in skipped:
+        logging.info("skipped %s: %s", entry.path, entry.reason)
+    return Summary(rows=rows, skipped=skipped, csv_path=os.path.join(output_dir, SUMMARY_FILE))

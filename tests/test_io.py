@@ -84,7 +84,7 @@ def test_png_8bit_is_kept_as_it_is(tmp_path):
     scan = io_lib.read_image(tmp_path / "x.png")
     np.testing.assert_array_equal(scan.pixels, pixels)
     assert scan.source == {"format": "png", "mode": "L", "scaling": "none", "width": 50,
-                           "height": 30}
+                           "height": 30, "exif_orientation": 1}
 
 
 def test_png_16bit_is_min_max_scaled(tmp_path):
@@ -228,3 +228,89 @@ def test_grid_on_original_samples_the_cell_under_each_pixel():
     for i in range(20):
         for j in range(32):
             assert half[i, j] == grid[(2 * i + 1 + 12) // 16, (2 * j + 1) // 16]
+
+
+# ---------------------------------------------------------------- bounds and orientation
+
+
+def png_header_only(path, width, height, bit_depth=8, colour_type=0):
+    """A PNG whose IHDR declares width x height, with a tiny (wrong) IDAT: a decompression
+    bomb's header without its payload."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    path.write_bytes(io_lib.PNG_SIGNATURE + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    path = png_header_only(tmp_path / "bomb.png", 30000, 30000)
+    assert path.stat().st_size < 1000
+    assert io_lib.read_header(path) == io_lib.ImageHeader("png", 30000, 30000)
+    problem = _problem(path)
+    assert "30000 x 30000 pixels" in problem and "MAX_IMAGE_PIXELS" in problem
+    assert "not decoded" in problem
+
+
+def test_a_thin_strip_is_refused_before_padding(tmp_path):
+    # 15000 x 1: a 97-byte PNG whose padded square would be 15000 x 15000.
+    Image.new("L", (15000, 1)).save(tmp_path / "strip.png")
+    assert (tmp_path / "strip.png").stat().st_size < 200
+    problem = _problem(tmp_path / "strip.png")
+    assert "15000 x 1 pixels" in problem and "MAX_IMAGE_SIDE" in problem
+    Image.new("L", (4000, 500)).save(tmp_path / "wide.png")
+    problem = _problem(tmp_path / "wide.png")
+    assert "aspect ratio 8.0:1" in problem and "MAX_ASPECT_RATIO" in problem
+    # Within the bounds: read.
+    Image.new("L", (400, 100)).save(tmp_path / "ok.png")
+    assert io_lib.read_image(tmp_path / "ok.png").pixels.shape == (100, 400)
+
+
+def test_dicom_bounds_are_checked_before_the_pixels_are_decoded(tmp_path):
+    path = write_dicom(tmp_path / "strip.dcm", np.zeros((1, 9000), np.uint16))
+    problem = _problem(path)
+    assert "9000 x 1 pixels" in problem and "not decoded" in problem
+
+
+def test_check_bounds_limits():
+    io_lib.check_bounds("x", io_lib.MAX_IMAGE_SIDE, io_lib.MAX_IMAGE_SIDE // 4,
+                        max_pixels=io_lib.MAX_IMAGE_SIDE ** 2)
+    for width, height in ((0, 10), (io_lib.MAX_IMAGE_SIDE + 1, io_lib.MAX_IMAGE_SIDE // 2),
+                          (5793, 5793), (401, 100)):
+        with pytest.raises(io_lib.ImageReadError, match="^x: the header declares"):
+            io_lib.check_bounds("x", width, height)
+
+
+def test_jpeg_header_is_read_past_exif_and_in_progressive_files(tmp_path):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 70), np.uint8))
+    exif = Image.Exif()
+    exif[io_lib.EXIF_ORIENTATION] = 3
+    image.save(tmp_path / "exif.jpg", exif=exif)
+    image.save(tmp_path / "progressive.jpg", progressive=True)
+    assert io_lib.read_header(tmp_path / "exif.jpg") == io_lib.ImageHeader("jpeg", 70, 30)
+    assert io_lib.read_header(tmp_path / "progressive.jpg") == io_lib.ImageHeader("jpeg", 70, 30)
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "exif.jpg").read_bytes()[:30])
+    assert _problem(tmp_path / "cut.jpg").startswith("unreadable jpeg")
+
+
+@pytest.mark.parametrize("orientation, upright", [
+    (1, lambda a: a), (3, lambda a: np.rot90(a, 2)), (6, lambda a: np.rot90(a, -1)),
+    (8, lambda a: np.rot90(a, 1)), (2, lambda a: a[:, ::-1])])
+def test_jpeg_exif_orientation_is_applied(tmp_path, orientation, upright):
+    stored = np.zeros((40, 64), np.uint8)
+    stored[2:14, 44:60] = 255  # a bright block near the top-right corner as stored
+    exif = Image.Exif()
+    exif[io_lib.EXIF_ORIENTATION] = orientation
+    Image.fromarray(stored).save(tmp_path / "scan.jpg", quality=100, exif=exif)
+    scan = io_lib.read_image(tmp_path / "scan.jpg")
+    expected = upright(stored)
+    assert scan.pixels.shape == expected.shape
+    assert (scan.source["width"], scan.source["height"]) == expected.shape[::-1]
+    assert scan.source["exif_orientation"] == orientation
+    assert np.abs(scan.pixels.astype(int) - expected).mean() < 4

@@ -200,12 +200,27 @@ def test_find_inputs_and_output_names(tmp_path):
     files, skipped = predict.find_inputs(str(root), exclude=str(root / "out"))
     relative = [os.path.relpath(f, root) for f in files]
     assert relative == ["IM0001", "a.dcm", "a.png", "b.JPG", "sub/c.jpeg"]
-    assert sorted(os.path.relpath(f, root) for f in skipped) == [
-        ".DS_Store", ".hidden", "DICOMDIR", "notes.txt", "out"]
+    reasons = {os.path.relpath(s.path, root): s.reason for s in skipped}
+    assert sorted(reasons) == [".DS_Store", ".hidden", "DICOMDIR", "notes.txt", "out"]
+    assert reasons["out"] == "the output folder" and reasons[".hidden"] == "hidden"
+    assert reasons["notes.txt"].startswith("suffix .txt is not one of")
     assert predict.output_names(files, str(root)) == ["IM0001", "a.dcm", "a.png", "b", "sub/c"]
     assert predict.find_inputs(str(root / "a.png")) == ([str(root / "a.png")], [])
     with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
         predict.find_inputs(str(root / "missing"))
+
+
+def test_output_names_are_unique_per_input(tmp_path):
+    # d.png and d.png.jpg: old code named both "d.png" when a third file shared the stem "d".
+    root = str(tmp_path)
+    files = [os.path.join(root, n) for n in ("d.jpg", "d.png", "d.png.jpg", "x.json/y.png", "x",
+                                             "A.png", "a.dcm", "summary.csv.png")]
+    names = predict.output_names(files, root)
+    assert names == ["d.jpg", "d.png", "d.png~2", "x.json/y", "x~2", "A.png", "a.dcm",
+                     "summary.csv"]
+    outputs = [f"{n}.{ext}".casefold() for n in names for ext in ("json", "png")]
+    assert len(set(outputs)) == len(outputs)
+    assert not {"summary.csv", predict.OUTPUT_MARKER, "x.json"} & set(outputs)
 
 
 def test_workdir_predictor_matches_the_keras_model(trained_run, tmp_path):
@@ -284,3 +299,163 @@ def test_cli_exit_code_zero_when_all_succeed(stub_saved_model, tmp_path):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 of 1 images predicted, 0 failed" in result.stdout
+
+
+# ---------------------------------------------------------------- where outputs may go (#13)
+
+
+def _scan_folder(root, names=("scan.png",)):
+    root.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.fromarray(bright_square(32, 48, (4, 12), (30, 40))).save(root / name)
+    return root
+
+
+def _tree(folder):
+    return {os.path.relpath(os.path.join(p, n), folder): open(os.path.join(p, n), "rb").read()
+            for p, _, names in os.walk(folder) for n in names}
+
+
+def test_output_at_the_input_never_writes_the_inputs(stub_predictor, tmp_path):
+    inputs = _scan_folder(tmp_path / "in", ("scan.png", "other.png"))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(inputs)
+    before = _tree(tmp_path)
+    for input_path, output in [
+            (inputs, inputs),                             # the input folder itself
+            (inputs / "scan.png", inputs),                # the folder of an input file
+            (inputs, tmp_path / "link"),                  # the input through a symbolic link
+            (inputs, tmp_path / "sub" / ".." / "in"),     # ... through ..
+            (inputs, tmp_path)]:                          # a folder holding the input
+        with pytest.raises(ValueError, match="never writes where its inputs are"):
+            predict.predict_files(stub_predictor, str(input_path), str(output), progress=False)
+    assert _tree(tmp_path) == before
+    # An input that is a link into the output folder would be replaced by the outputs.
+    (tmp_path / "out").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "out" / "elsewhere.png")
+    (inputs / "linked.png").symlink_to(tmp_path / "out" / "elsewhere.png")
+    with pytest.raises(ValueError, match="inside --output"):
+        predict.predict_files(stub_predictor, str(inputs), str(tmp_path / "out"), progress=False)
+
+
+def test_an_earlier_output_folder_inside_the_input_is_skipped(stub_predictor, tmp_path):
+    inputs = _scan_folder(tmp_path / "in")
+    first = predict.predict_files(stub_predictor, str(inputs), str(inputs / "results"),
+                                  progress=False)
+    assert [r["file"] for r in first.rows] == ["scan.png"]
+    assert os.path.isfile(inputs / "results" / predict.OUTPUT_MARKER)
+    # Next run into another folder: results/scan.png (an overlay) is not a radiograph.
+    second = predict.predict_files(stub_predictor, str(inputs), str(tmp_path / "out2"),
+                                   progress=False)
+    assert [r["file"] for r in second.rows] == ["scan.png"]
+    [skipped] = second.skipped
+    assert skipped.path == str(inputs / "results") and "output folder of predict" in skipped.reason
+    with pytest.raises(ValueError, match="is an output folder of predict"):
+        predict.predict_files(stub_predictor, str(inputs / "results"), str(tmp_path / "o3"),
+                              progress=False)
+
+
+def test_colliding_names_get_one_result_each(stub_predictor, tmp_path):
+    inputs = _scan_folder(tmp_path / "in", ("d.png", "d.jpg"))
+    Image.fromarray(bright_square(32, 48, (4, 12), (30, 40))).save(inputs / "d.png.jpg")
+    summary, out = run(stub_predictor, tmp_path)
+    names = {r["file"]: r["name"] for r in summary.rows}
+    assert names == {"d.jpg": "d.jpg", "d.png": "d.png", "d.png.jpg": "d.png~2"}
+    for file, name in names.items():
+        assert read_json(out / f"{name}.json")["file"] == file
+        assert (out / f"{name}.png").is_file()
+    with open(summary.csv_path, newline="") as f:
+        assert {row["name"] for row in csv.DictReader(f)} == set(names.values())
+
+
+def test_rerun_with_fewer_inputs_leaves_no_stale_result(stub_predictor, tmp_path):
+    inputs = _scan_folder(tmp_path / "in", ("a.png", "b.png"))
+    run(stub_predictor, tmp_path)
+    os.remove(inputs / "b.png")
+    summary, out = run(stub_predictor, tmp_path)
+    assert [r["file"] for r in summary.rows] == ["a.png"]
+    assert sorted(os.listdir(out)) == sorted([predict.OUTPUT_MARKER, "a.json", "a.png",
+                                              predict.SUMMARY_FILE])
+    marker = read_json(out / predict.OUTPUT_MARKER)
+    assert marker["complete"] and marker["files"] == ["a.json", "a.png", predict.SUMMARY_FILE]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no partial left
+
+
+def test_a_folder_not_made_by_predict_is_refused(stub_predictor, tmp_path):
+    _scan_folder(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.docx").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="not written by predict"):
+        run(stub_predictor, tmp_path)
+    assert os.listdir(tmp_path / "out") == ["report.docx"]
+    os.remove(tmp_path / "out" / "report.docx")
+    run(stub_predictor, tmp_path)  # an empty folder is fine
+    (tmp_path / "out" / "notes.txt").write_text("added by the user")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        run(stub_predictor, tmp_path)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "added by the user"
+    assert (tmp_path / "out" / "scan.json").is_file()
+
+
+def test_an_interrupted_run_keeps_the_previous_results(stub_predictor, tmp_path, monkeypatch):
+    _scan_folder(tmp_path / "in", ("a.png", "b.png"))
+    run(stub_predictor, tmp_path)
+    before = _tree(tmp_path / "out")
+    # The rerun would give a.png other results; it is interrupted at b.png.
+    Image.fromarray(bright_square(32, 48, (20, 30), (0, 10))).save(tmp_path / "in" / "a.png")
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    real = predict._predict_file
+    monkeypatch.setattr(predict, "_predict_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(stub_predictor, tmp_path)
+    assert _tree(tmp_path / "out") == before
+    assert sorted(os.listdir(tmp_path)) == ["in", "out"]
+
+
+def test_oversized_and_thin_images_get_an_error_row(stub_predictor, tmp_path):
+    inputs = _scan_folder(tmp_path / "in", ("good.png",))
+    Image.new("L", (5000, 10)).save(inputs / "strip.png")
+    summary, out = run(stub_predictor, tmp_path)
+    rows = {r["file"]: r for r in summary.rows}
+    assert rows["good.png"]["status"] == "ok"
+    assert rows["strip.png"]["status"] == "error"
+    assert "5000 x 10 pixels" in rows["strip.png"]["error"]
+    assert "MAX_ASPECT_RATIO" in rows["strip.png"]["error"]
+    assert not (out / "strip.json").exists() and not (out / "strip.png").exists()
+
+
+def test_jpeg_exif_orientation_boxes_are_in_the_upright_frame(stub_predictor, tmp_path):
+    (tmp_path / "in").mkdir()
+    # Stored 64 wide x 40 high, bright at rows 4-20, cols 40-56; orientation 6 shows it
+    # rotated 90 degrees clockwise: 40 wide x 64 high, stored (row r, col c) shown at
+    # (x = 39 - r, y = c): the square at x 20..36, y 40..56.
+    exif = Image.Exif()
+    exif[io_lib.EXIF_ORIENTATION] = 6
+    Image.fromarray(bright_square(40, 64, (4, 20), (40, 56))).save(
+        tmp_path / "in" / "scan.jpg", quality=100, exif=exif)
+    summary, out = run(stub_predictor, tmp_path)
+    found = read_json(out / "scan.json")
+    assert (found["image"]["width"], found["image"]["height"]) == (40, 64)
+    assert found["image"]["exif_orientation"] == 6
+    np.testing.assert_allclose(found["classes"]["Atelectasis"]["regions"][0]["box"],
+                               [20, 40, 16, 16], atol=1e-4)
+
+
+def test_cli_checks_its_numbers_before_loading_the_model(tmp_path):
+    for flag in ("--top_k=0", "--threshold=nan", "--threshold=-0.1"):
+        result = subprocess.run(
+            [sys.executable, "-m", "chestxray_tf.cli.predict", f"--model={tmp_path / 'none'}",
+             f"--input={tmp_path}", f"--output={tmp_path / 'out'}", flag],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        assert result.returncode != 0
+        assert ("top_k must be" in result.stderr or "threshold must be" in result.stderr), \
+            result.stderr[-2000:]
+        assert "neither an exported SavedModel" not in result.stderr

@@ -6,7 +6,9 @@
 
 D holds Data_Entry_2017[_v2020].csv, BBox_List_2017.csv, train_val_list.txt, test_list.txt and
 images/ or images_*/images/ (the real release, or `tfrecords_tools.make_synthetic`'s output).
-Prints the manifest's counts and the time taken as JSON.
+Prints the manifest's counts and the time taken as JSON. Numeric flags are checked before
+anything is read; --overwrite replaces an earlier set only once the new one is complete and
+validated; its worker processes end when it is killed (see `chestxray_tf.data.build`).
 """
 
 import json
@@ -32,8 +34,8 @@ _SKIP_BAD = flags.DEFINE_bool(
     "skip_bad", False, "Skip missing / undecodable / wrongly sized images (listed in the "
     "manifest) instead of failing.")
 _FRAME_SIZE = flags.DEFINE_integer(
-    "frame_size", None, "Size of the source PNGs, the frame of the boxes (default: inferred; "
-    "1024 for NIH).")
+    "frame_size", None, "Size of the source PNGs, the frame of the boxes (1024 for the NIH "
+    "release; default: the one size all images share, an error when they differ).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "Processes (default: all cores).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier build in output_dir.")
 
@@ -41,6 +43,13 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an earlier build in 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:  # every numeric flag in range before anything is read
+        build.check_arguments(image_size=_IMAGE_SIZE.value, num_shards=_NUM_SHARDS.value,
+                              num_folds=_NUM_FOLDS.value, fold_seed=_FOLD_SEED.value,
+                              group_by=_GROUP_BY.value, encoding=_ENCODING.value,
+                              frame_size=_FRAME_SIZE.value, num_workers=_NUM_WORKERS.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
     start = time.time()
     manifest = build.build(
         _NIH_DIR.value, _OUTPUT_DIR.value, image_size=_IMAGE_SIZE.value,

@@ -22,6 +22,8 @@ _SHOW_DIR = flags.DEFINE_string("show_dir", None, "Folder for the --show PNGs.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _SHOW.value < 0:
+        raise app.UsageError(f"--show must be >= 0, got {_SHOW.value}")
     if _SHOW.value and not _SHOW_DIR.value:
         raise app.UsageError("--show needs --show_dir")
     report = inspect_lib.validate(_INPUT.value)

@@ -7,10 +7,12 @@ Prints the summary (counts per class, boxes, splits) and the time taken as JSON.
 """
 
 import json
+import math
 import time
 
 from absl import app, flags
 
+from chestxray_tf import io as io_lib
 from chestxray_tf.data import synthetic
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "New or empty folder to write.")
@@ -26,9 +28,29 @@ _GRID_PNG = flags.DEFINE_string(
     "grid_png", None, "Also draw a grid of examples per class with boxes to this PNG.")
 
 
+def _check_flags():
+    """Every numeric flag in its range, before anything is written."""
+    def integer(flag, low, high=None, optional=False):
+        value = flag.value
+        if value is None and optional:
+            return
+        if value is None or value < low or (high is not None and value > high):
+            bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise app.UsageError(f"--{flag.name} must be an integer {bound}, got {value}")
+
+    integer(_NUM_PATIENTS, 1)
+    integer(_IMAGE_SIZE, 64, io_lib.MAX_IMAGE_SIDE)
+    integer(_SEED, 0)
+    integer(_NUM_WORKERS, 1, optional=True)
+    for flag in (_BOX_FRACTION, _TEST_FRACTION):
+        if not (math.isfinite(flag.value) and 0.0 <= flag.value <= 1.0):
+            raise app.UsageError(f"--{flag.name} must be in [0, 1], got {flag.value}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _check_flags()
     start = time.time()
     summary = synthetic.generate(
         _OUTPUT_DIR.value, num_patients=_NUM_PATIENTS.value, image_size=_IMAGE_SIZE.value,

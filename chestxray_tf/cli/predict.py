@@ -3,8 +3,13 @@
 
 E is an exported SavedModel folder (`chestxray_tf.cli.export`) or a training workdir. Writes
 NAME.json, NAME.png per image and summary.csv (see `chestxray_tf.predict`); a file that fails
-gets an error row and the batch goes on; the exit code is 1 when any file failed.
+gets an error row and the batch goes on; the exit code is 1 when any file failed. --output must
+be new, empty or an earlier output folder of predict (replaced as a whole), and never the
+input's folder (see `chestxray_tf.predict`); --threshold and --top_k are checked before the
+model is loaded.
 """
+
+import collections
 
 from absl import app, flags
 
@@ -26,13 +31,16 @@ flags.mark_flags_as_required(["model", "input", "output"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    predict.check_arguments(_THRESHOLD.value, _TOP_K.value)  # before loading anything
     cli.quiet_tensorflow()
     predictor = predict.load_predictor(_MODEL.value, _CHECKPOINT.value)
     summary = predict.predict_files(predictor, _INPUT.value, _OUTPUT.value, _THRESHOLD.value,
                                     _TOP_K.value, _CLASSES.value)
     if summary.skipped:
-        print(f"skipped {len(summary.skipped)} entries (not .png/.jpg/.jpeg/.dcm/.dicom or "
-              f"suffix-less, or hidden): {', '.join(summary.skipped)}")
+        reasons = collections.Counter(s.reason for s in summary.skipped)
+        print(f"skipped {len(summary.skipped)} entries ("
+              + "; ".join(f"{n}: {reason}" for reason, n in reasons.most_common()) + "): "
+              + ", ".join(s.path for s in summary.skipped))
     print(f"{len(summary.rows) - summary.num_failed} of {len(summary.rows)} images predicted, "
           f"{summary.num_failed} failed; summary: {summary.csv_path}")
     return 1 if summary.num_failed else 0

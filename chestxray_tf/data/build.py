@@ -3,21 +3,48 @@
 Reads the metadata with `nih`, finds the PNGs in `D/images/` or `D/images_*/images/`, resizes
 each image with an area (box-filter) resize to `image_size`, grey single-channel, encodes it
 (PNG or raw uint8) and writes `num_shards` shards in parallel, one process per shard at a time,
-each to a temporary name that is renamed only when the whole build succeeded. `manifest.json`
-and `metadata.csv` (see `manifest`) are written last.
+each to a temporary name. `manifest.json` and `metadata.csv` (see `manifest`) are written last.
 
-Boxes are in the pixel frame of the original PNGs (1024x1024 for NIH). Every image must be
-square and of the data set's frame size (`frame_size`, by default the most common size of the
-first images); otherwise its boxes would not match it.
+Guarantees:
+
+* Arguments are checked before anything is read (`check_arguments`).
+* The frame of the boxes is stated, never voted: `frame_size` when given (1024 for the NIH
+  release), otherwise the one size that every referenced image's header declares. When the
+  headers declare several sizes and no `frame_size` is given, the build stops before any work
+  naming the sizes, their counts and an example of each (with or without `skip_bad`: which
+  images are wrong is for the user to say). With the frame known, an image of another size is
+  the one reported (or skipped under `skip_bad`).
+* Every image's size is read from its header (`io.read_header`) before it is decoded; an image
+  that is not the frame size, or declares more than `io.MAX_IMAGE_PIXELS` pixels (a
+  decompression bomb), is a per-image error naming the file (a counted skip under
+  `skip_bad`), never decoded.
+* An earlier set is never removed before the new one is complete: the build writes into a
+  hidden folder inside `output_dir` (`.build-PID-...`), validates it there
+  (`inspect_lib.validate`: every record read back and checked against the manifest), and only
+  then moves it in (the old set's manifest goes first, the new manifest last, so a set in
+  between has no manifest and is refused by readers). A failed build leaves the old set as it
+  was; files in `output_dir` that are not part of a set are never touched.
+* Worker processes end with the build: each sets PR_SET_PDEATHSIG (SIGKILL) on Linux and runs
+  a watchdog thread that exits when its parent process is gone, so a SIGKILLed build leaves no
+  worker behind. Their leftover hidden `.build-PID-...` folder is removed by the next build
+  once that PID has ended.
 """
 
 import collections
+import ctypes
 import dataclasses
 import hashlib
 import io
+import math
 import multiprocessing
 import os
 import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
 from concurrent import futures
 
 import numpy as np
@@ -26,8 +53,10 @@ import tqdm
 from PIL import Image
 
 from chestxray_tf import geometry
+from chestxray_tf import io as io_lib
 from chestxray_tf import labels as labels_lib
 from chestxray_tf.data import example
+from chestxray_tf.data import inspect_lib
 from chestxray_tf.data import manifest as manifest_lib
 from chestxray_tf.data import nih
 
@@ -36,7 +65,12 @@ DATA_ENTRY_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv",
 BBOX_NAME = "BBox_List_2017.csv"
 SPLIT_LIST_NAMES = ("train_val_list.txt", "test_list.txt")
 IMAGES_PER_SHARD = 1024
-_FRAME_SAMPLE = 64
+NIH_FRAME_SIZE = 1024  # the side of the PNGs of the NIH release, the frame of its boxes
+MAX_FRAME_SIZE = math.isqrt(io_lib.MAX_IMAGE_PIXELS)  # a frame_size^2 image stays in the bound
+MAX_SHARDS = 100000
+STAGING_PREFIX = ".build-"  # the hidden folder a build writes into, inside output_dir
+_WATCHDOG_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1
 _SHOWN_BAD = 5
 _EIGHT_BIT_MODES = ("L", "LA", "P", "RGB", "RGBA")
 
@@ -112,19 +146,24 @@ def _bad_input_error(bad, total):
                    "skip_bad=True / --skip_bad):"] + lines + more))
 
 
+def _size_problem(size, frame_size):
+    return (f"size {size[0]}x{size[1]} differs from the data set's {frame_size}x{frame_size} "
+            "frame, in which its boxes are given")
+
+
 def _open_grey(path, frame_size):
-    """Decodes `path` to a grey PIL image of frame_size x frame_size; ValueError says why not."""
+    """Decodes `path` to a grey PIL image of frame_size x frame_size; ValueError says why not.
+    The size is checked before any pixel is decoded."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            if image.size != (frame_size, frame_size):
+                raise ValueError(_size_problem(image.size, frame_size))
             image.load()
             if image.mode not in _EIGHT_BIT_MODES:
                 raise ValueError(f"pixel mode {image.mode} is not an 8-bit grey or colour mode")
             grey = image.convert("L")
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"not a decodable image ({type(e).__name__}: {e})") from e
-    if grey.size != (frame_size, frame_size):
-        raise ValueError(f"size {grey.size[0]}x{grey.size[1]} differs from the data set's "
-                         f"{frame_size}x{frame_size} frame, in which its boxes are given")
     return grey
 
 
@@ -172,9 +211,30 @@ def _write_shard(job, progress):
 _progress_queue = None
 
 
-def _init_worker(progress_queue):
+def _parent_gone(parent_pid):
+    return os.getppid() != parent_pid
+
+
+def _watchdog(parent_pid):
+    while not _parent_gone(parent_pid):
+        time.sleep(_WATCHDOG_SECONDS)
+    os._exit(1)  # pylint: disable=protected-access  (no cleanup: the parent is gone)
+
+
+def _init_worker(progress_queue, parent_pid):
+    """Runs first in each worker: the worker dies with `parent_pid` (see the module docstring)."""
     global _progress_queue  # pylint: disable=global-statement
     _progress_queue = progress_queue
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still ends the worker
+    if _parent_gone(parent_pid):  # the parent died before prctl took effect
+        os._exit(1)  # pylint: disable=protected-access
+    threading.Thread(target=_watchdog, args=(parent_pid,), daemon=True,
+                     name="parent-watchdog").start()
 
 
 def _write_shard_in_worker(job):
@@ -198,7 +258,7 @@ def _run_jobs(jobs, num_workers, bar):
     context = multiprocessing.get_context("spawn")  # TF state must not be forked
     progress = context.Queue()
     with futures.ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker,
-                                     initargs=(progress,)) as pool:
+                                     initargs=(progress, os.getpid())) as pool:
         pending = [pool.submit(_write_shard_in_worker, job) for job in jobs]
         try:
             while not all(f.done() for f in pending) or not progress.empty():
@@ -221,23 +281,73 @@ def _remove_tmp(results):
         os.remove(tmp)
 
 
-def infer_frame_size(paths):
-    """The most common size of the first readable images (all must be square) -> S."""
-    sizes = []
-    for path in sorted(paths)[:_FRAME_SAMPLE]:
+def read_sizes(paths):
+    """The size each image's header declares, read without decoding -> ({path: (w, h)},
+    [(path, problem)] for headers that do not read or declare too many pixels)."""
+    sizes, bad = {}, []
+    for path in paths:
         try:
-            with Image.open(path) as image:
-                sizes.append(image.size)
-        except (OSError, SyntaxError):
-            continue
-    if not sizes:
-        raise BadInputError(f"none of the first {_FRAME_SAMPLE} images opens, e.g. "
-                            f"{sorted(paths)[0]}")
-    (width, height), _ = collections.Counter(sizes).most_common(1)[0]
+            header = io_lib.read_header(path)
+            if header.width * header.height > io_lib.MAX_IMAGE_PIXELS:
+                io_lib.check_bounds(path, header.width, header.height)
+        except io_lib.ImageReadError as e:
+            bad.append((path, e.problem))
+        else:
+            sizes[path] = (header.width, header.height)
+    return sizes, bad
+
+
+def stated_frame_size(sizes, frame_size=None):
+    """The frame of the boxes: `frame_size`, or the one square size all headers declare.
+
+    Raises:
+        BadInputError: no `frame_size` and the images declare several sizes (named, counted,
+            an example of each), or one size that is not square.
+    """
+    if frame_size is not None:
+        return frame_size
+    by_size = collections.defaultdict(list)
+    for path, size in sorted(sizes.items()):
+        by_size[size].append(path)
+    if not by_size:
+        raise BadInputError("no referenced image has a readable PNG header")
+    if len(by_size) > 1:
+        listed = "; ".join(f"{w}x{h}: {len(p)} images, e.g. {p[0]}" for (w, h), p in
+                           sorted(by_size.items(), key=lambda item: -len(item[1])))
+        raise BadInputError(
+            f"the images are of {len(by_size)} sizes ({listed}): the frame of the boxes cannot "
+            f"be told from the images; pass frame_size / --frame_size (the NIH release: "
+            f"{NIH_FRAME_SIZE}), and the images of other sizes are then reported (or skipped "
+            "with --skip_bad)")
+    (width, height), paths = next(iter(by_size.items()))
     if width != height:
-        raise BadInputError(f"the images are {width}x{height}, not square; boxes need a square "
-                            "frame (pass frame_size to say which size is right)")
+        raise BadInputError(f"the images are {width}x{height} (e.g. {paths[0]}), not square; "
+                            "boxes need a square frame (pass frame_size to say which size is "
+                            "right)")
     return width
+
+
+def check_arguments(image_size=512, num_shards=None, num_folds=5, fold_seed=0,
+                    group_by="patient", encoding="png", frame_size=None, num_workers=None):
+    """Raises ValueError naming the first argument of `build` out of its range."""
+    def integer(name, value, low, high=None, optional=False):
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
+                or (high is not None and value > high):
+            bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+
+    integer("image_size", image_size, 1, MAX_FRAME_SIZE)
+    integer("frame_size", frame_size, 1, MAX_FRAME_SIZE, optional=True)
+    integer("num_shards", num_shards, 1, MAX_SHARDS, optional=True)
+    integer("num_folds", num_folds, 2)
+    integer("fold_seed", fold_seed, 0)
+    integer("num_workers", num_workers, 1, optional=True)
+    if group_by not in ("patient", "image"):
+        raise ValueError(f"group_by must be 'patient' or 'image', got {group_by!r}")
+    if encoding not in example.ENCODINGS:
+        raise ValueError(f"encoding {encoding!r} is not one of {example.ENCODINGS}")
 
 
 def _box_table(meta, frame_size):
@@ -273,17 +383,53 @@ def _items(images, found, boxes, folds):
     return items, missing
 
 
-def _prepare_output(output_dir, overwrite):
-    """Creates `output_dir`; refuses to mix with an earlier build unless `overwrite`."""
-    os.makedirs(output_dir, exist_ok=True)
-    ours = [n for n in os.listdir(output_dir)
-            if n in (manifest_lib.MANIFEST, manifest_lib.METADATA) or ".tfrecord" in n]
-    complete = sorted(n for n in ours if ".tmp-" not in n)
+def _set_files(folder):
+    """The names in `folder` that belong to a TFRecord set (manifest, metadata, shards)."""
+    return sorted(n for n in os.listdir(folder)
+                  if n in (manifest_lib.MANIFEST, manifest_lib.METADATA) or ".tfrecord" in n)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_output(output_dir, overwrite):
+    """Refuses to replace an earlier set unless `overwrite`; removes the leftover staging
+    folders of builds whose process has ended. Nothing else is touched."""
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise FileExistsError(f"output_dir {output_dir} exists and is not a folder")
+    if not os.path.isdir(output_dir):
+        return
+    complete = [n for n in _set_files(output_dir) if ".tmp-" not in n]
     if complete and not overwrite:
         raise FileExistsError(f"{output_dir} already holds a TFRecord set ({complete[0]}, ...); "
                               "pass overwrite=True / --overwrite to replace it")
-    for name in ours:
-        os.remove(os.path.join(output_dir, name))
+    for name in os.listdir(output_dir):
+        if name.startswith(STAGING_PREFIX):
+            pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def _swap_in(staging, output_dir):
+    """Moves the validated set in `staging` into `output_dir` in place of an earlier set: the
+    old manifest is removed first and the new one moved in last."""
+    old = _set_files(output_dir)
+    if manifest_lib.MANIFEST in old:
+        os.remove(os.path.join(output_dir, manifest_lib.MANIFEST))
+    for name in old:
+        if name != manifest_lib.MANIFEST:
+            os.remove(os.path.join(output_dir, name))
+    new = _set_files(staging)
+    for name in sorted(new, key=lambda n: n == manifest_lib.MANIFEST):
+        os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    shutil.rmtree(staging)
 
 
 def build(nih_dir, output_dir, *, image_size=512, num_shards=None, num_folds=5, fold_seed=0,
@@ -300,9 +446,11 @@ def build(nih_dir, output_dir, *, image_size=512, num_shards=None, num_folds=5, 
             the workers).
         num_folds, fold_seed, group_by: as `nih.assign_folds`.
         encoding: 'png' or 'raw'.
-        skip_bad: skip missing / undecodable / wrongly sized images (counted and listed in the
-            manifest) instead of failing.
-        frame_size: the size of the source PNGs, the frame of the boxes (default: inferred).
+        skip_bad: skip missing / undecodable / wrongly sized / oversized images (counted and
+            listed in the manifest) instead of failing; a build where every image is bad still
+            fails.
+        frame_size: the size of the source PNGs, the frame of the boxes (NIH: 1024; default:
+            the size all images share; see the module docstring).
         num_workers: processes (default: all cores).
         overwrite: replace an earlier build in `output_dir`.
         command: the command line, recorded in the manifest.
@@ -312,12 +460,18 @@ def build(nih_dir, output_dir, *, image_size=512, num_shards=None, num_folds=5, 
         the manifest dict (as written).
 
     Raises:
-        BadInputError: bad images and not `skip_bad` (first few named, total given); nothing is
-            left in `output_dir` but earlier files.
-        FileNotFoundError / ValueError: missing or malformed metadata, no images.
+        BadInputError: bad images and not `skip_bad` (first few named, total given), or
+            images of several sizes and no `frame_size`; `output_dir` is left as it was (an
+            earlier set in it intact).
+        FileExistsError: `output_dir` holds a set and not `overwrite`.
+        FileNotFoundError / ValueError: missing or malformed metadata, no images, an argument
+            out of range (checked before anything is read).
     """
-    if encoding not in example.ENCODINGS:
-        raise ValueError(f"encoding {encoding!r} is not one of {example.ENCODINGS}")
+    check_arguments(image_size=image_size, num_shards=num_shards, num_folds=num_folds,
+                    fold_seed=fold_seed, group_by=group_by, encoding=encoding,
+                    frame_size=frame_size, num_workers=num_workers)
+    output_dir = os.fspath(output_dir)
+    _check_output(output_dir, overwrite)
     sources = find_source_files(nih_dir)
     meta = nih.load_metadata(sources.data_entry, sources.bbox, sources.split_lists)
     if meta.images.empty:
@@ -327,31 +481,63 @@ def build(nih_dir, output_dir, *, image_size=512, num_shards=None, num_folds=5, 
     if not referenced:
         raise BadInputError(f"none of the {len(meta.images)} images of {sources.data_entry} is "
                             f"under {nih_dir}/images/ or {nih_dir}/images_*/images/")
-    frame_size = frame_size or infer_frame_size(referenced)
+    sizes, bad_headers = read_sizes(referenced)
+    frame_source = "frame_size" if frame_size is not None else "the size of every image"
+    frame_size = stated_frame_size(sizes, frame_size)
     folds = nih.assign_folds(meta, num_folds=num_folds, seed=fold_seed, group_by=group_by)
     items, bad = _items(meta.images, found, _box_table(meta, frame_size), folds)
+    header_problem = dict(bad_headers)
+    for path, size in sizes.items():
+        if size != (frame_size, frame_size):
+            header_problem[path] = _size_problem(size, frame_size)
+    bad += [(item.image_id, item.path, header_problem[item.path]) for item in items
+            if item.path in header_problem]
+    items = [item for item in items if item.path not in header_problem]
     if bad and not skip_bad:
         raise _bad_input_error(bad, len(meta.images))
+    if not items:
+        raise _bad_input_error(bad, len(meta.images))  # skip_bad never yields an empty set
 
     num_workers = num_workers or os.cpu_count()
     if num_shards is None:
         per_worker = -(-len(items) // (IMAGES_PER_SHARD * num_workers))
         num_shards = num_workers * per_worker
+    os.makedirs(output_dir, exist_ok=True)
+    staging = os.path.join(output_dir, f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(staging)
+    try:
+        manifest = _build_into(staging, nih_dir, sources, meta, found, folds, items, bad,
+                               num_shards, num_workers, image_size, frame_size, frame_source,
+                               encoding, num_folds, fold_seed, group_by, skip_bad, command,
+                               progress, output_dir)
+        inspect_lib.validate(staging)  # every record read back before the old set goes
+        _swap_in(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build_into(staging, nih_dir, sources, meta, found, folds, items, bad, num_shards,
+                num_workers, image_size, frame_size, frame_source, encoding, num_folds,
+                fold_seed, group_by, skip_bad, command, progress, output_dir):
+    """Writes the shards, metadata.csv and manifest.json of `items` into `staging`."""
     order = np.random.default_rng(fold_seed).permutation(len(items))
-    jobs = [_ShardJob(path=os.path.join(output_dir, manifest_lib.shard_name(s, num_shards)),
+    jobs = [_ShardJob(path=os.path.join(staging, manifest_lib.shard_name(s, num_shards)),
                       items=tuple(items[i] for i in order[s::num_shards]), image_size=image_size,
                       frame_size=frame_size, encoding=encoding)
             for s in range(num_shards)]
-    _prepare_output(output_dir, overwrite)
     with tqdm.tqdm(total=len(items), unit="img", disable=not progress,
                    desc=f"build {os.path.basename(os.path.normpath(output_dir))}") as bar:
         results = _run_jobs(jobs, min(num_workers, num_shards), bar)
-    bad += [triple for _, _, skipped in results for triple in skipped]
+    bad = bad + [triple for _, _, skipped in results for triple in skipped]
     if bad and not skip_bad:
         _remove_tmp(results)
         raise _bad_input_error(bad, len(meta.images))
     for job, (tmp, _, _) in zip(jobs, results):
         os.replace(tmp, job.path)
+    if not any(written for _, written, _ in results):
+        raise _bad_input_error(bad, len(meta.images))
 
     shard_of = {i: os.path.basename(job.path)
                 for job, (_, written, _) in zip(jobs, results) for i in written}
@@ -371,6 +557,7 @@ def build(nih_dir, output_dir, *, image_size=512, num_shards=None, num_folds=5, 
         "boxed_classes": list(labels_lib.BOXED_CLASSES),
         "image_size": image_size,
         "frame_size": frame_size,
+        "frame_size_from": frame_source,
         "channels": 1,
         "encoding": encoding,
         "resize": "area (PIL box filter)",
@@ -390,6 +577,6 @@ def build(nih_dir, output_dir, *, image_size=512, num_shards=None, num_folds=5, 
                     "files": [{"image_id": i, "path": p, "reason": r} for i, p, r in bad]},
         "command": command,
     }
-    manifest_lib.write_manifest(output_dir, manifest, table)
+    manifest_lib.write_manifest(staging, manifest, table)
     return manifest
 

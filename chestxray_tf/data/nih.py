@@ -142,6 +142,11 @@ def _read_boxes(path, known_ids):
         line = int(np.argmax(bad.to_numpy())) + 2
         raise ValueError(f"{path} line {line}: box coordinates {frame.iloc[line - 2, 2:6].tolist()} "
                          "are not numbers")
+    infinite = ~np.isfinite(coords.to_numpy(dtype=np.float64)).all(axis=1)
+    if infinite.any():
+        line = int(np.argmax(infinite)) + 2
+        raise ValueError(f"{path} line {line}: box of {frame.iloc[line - 2, 0]} has non-finite "
+                         f"coordinates {frame.iloc[line - 2, 2:6].tolist()}")
     flat = (coords["w"] <= 0) | (coords["h"] <= 0)
     if flat.any():
         line = int(np.argmax(flat.to_numpy())) + 2

@@ -52,6 +52,7 @@ class TrainingDivergedError(RuntimeError):
 
 def save_config(config, workdir):
     """Writes the resolved config as WORKDIR/config.json atomically (any tf.io.gfile path)."""
+    tf.io.gfile.makedirs(workdir)
     fileio.atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
@@ -135,6 +136,7 @@ class Run:
             else:
                 summary = self._compute(stage, folder)
             if self.chief:
+                tf.io.gfile.makedirs(folder)
                 fileio.atomic_write_json(done, {"stage": stage.name, "kind": stage.kind,
                                                 **summary})
             previous = folder
@@ -475,6 +477,7 @@ class StageTrainer:
         best_dir = os.path.join(self.checkpoints, workdir_lib.BEST)
         tf.io.gfile.makedirs(best_dir)
         name = os.path.basename(path)
+        result = {k: v for k, v in result.items() if v is not None}
         for source in tf.io.gfile.glob(path + ".*"):
             fileio.atomic_copy(source, os.path.join(best_dir, os.path.basename(source)))
         fileio.atomic_write_json(os.path.join(best_dir, workdir_lib.BEST_FILE),

@@ -212,7 +212,7 @@ def test_bad_image_is_a_clear_error_and_leaves_no_shard(nih_dir, tmp_path, case)
     out = tmp_path / "out"
     with pytest.raises(build.BadInputError, match=rf"1 of \d+ referenced images are bad") as err:
         build.build(folder, out, image_size=STORED_SIZE, num_shards=2, num_workers=1,
-                    progress=False)
+                    frame_size=SOURCE_SIZE, progress=False)
     assert name in str(err.value) and len(re.findall(reason, str(err.value))) == 1
     assert not os.path.exists(out) or os.listdir(out) == []
 
@@ -224,7 +224,7 @@ def test_skip_bad_counts_and_records_the_skips(nih_dir, tmp_path, case):
     name = _first_images(folder, 3)[1]
     breaker(folder, name)
     manifest = build.build(folder, tmp_path / "out", image_size=STORED_SIZE, num_shards=2,
-                           num_workers=1, skip_bad=True, progress=False)
+                           num_workers=1, skip_bad=True, frame_size=SOURCE_SIZE, progress=False)
     total = len(_csv_rows(folder / "Data_Entry_2017_v2020.csv"))
     assert manifest["skipped"]["count"] == 1
     [skipped] = manifest["skipped"]["files"]
@@ -304,4 +304,117 @@ def test_box_outside_the_frame_names_the_image(nih_dir, tmp_path):
     with open(folder / "BBox_List_2017.csv", "a", encoding="utf-8") as f:
         f.write(f"{name},Mass,{SOURCE_SIZE + 5},10,20,20,,,\n")
     with pytest.raises(ValueError, match=f"{name} has no area inside"):
+        build.build(folder, tmp_path / "out", num_workers=1, progress=False)
+
+
+# ---------------------------------------------------------------- issue #13: 3, 10, 11, 12
+
+
+def _set_bytes(folder):
+    return {n: (folder / n).read_bytes() for n in os.listdir(folder)}
+
+
+def test_a_failed_overwrite_keeps_the_old_set(built, nih_dir, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(built["raw"], out)
+    (out / "README.txt").write_text("the user's notes")
+    before = _set_bytes(out)
+    folder = _copy(nih_dir, tmp_path)
+    _break_undecodable(folder, _first_images(folder, 3)[1])
+    with pytest.raises(build.BadInputError, match="not a decodable image"):
+        build.build(folder, out, image_size=STORED_SIZE, num_shards=1, num_workers=1,
+                    overwrite=True, progress=False)
+    assert _set_bytes(out) == before  # old set intact, no staging folder left
+    manifest = build.build(nih_dir, out, image_size=16, num_shards=1, num_workers=1,
+                           overwrite=True, progress=False)
+    assert manifest["image_size"] == 16
+    assert (out / "README.txt").read_text() == "the user's notes"
+    assert sorted(os.listdir(out)) == sorted([manifest_lib.METADATA, manifest_lib.MANIFEST,
+                                              manifest_lib.shard_name(0, 1), "README.txt"])
+
+
+def test_a_stale_staging_folder_of_a_dead_build_is_removed(nih_dir, tmp_path):
+    out = tmp_path / "out"
+    (out / f"{build.STAGING_PREFIX}999999999-deadbeef").mkdir(parents=True)
+    build.build(nih_dir, out, image_size=16, num_shards=1, num_workers=1, progress=False)
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
+
+
+def _bomb(path, side=30000):
+    """A PNG header declaring side x side pixels (a decompression bomb without its payload)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8,
+                                                                          0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_a_per_image_error_naming_it(nih_dir, tmp_path):
+    folder = _copy(nih_dir, tmp_path)
+    name = _first_images(folder, 3)[1]
+    _bomb(folder / "images" / name)
+    with pytest.raises(build.BadInputError, match="1 of") as err:
+        build.build(folder, tmp_path / "out", image_size=STORED_SIZE, num_workers=1,
+                    progress=False)
+    assert name in str(err.value) and "30000 x 30000" in str(err.value)
+    assert "MAX_IMAGE_PIXELS" in str(err.value)
+    manifest = build.build(folder, tmp_path / "out", image_size=STORED_SIZE, num_workers=1,
+                           skip_bad=True, progress=False)
+    [skipped] = manifest["skipped"]["files"]
+    assert skipped["image_id"] == name and "not decoded" in skipped["reason"]
+
+
+def test_the_frame_is_stated_not_voted(nih_dir, tmp_path):
+    folder = _copy(nih_dir, tmp_path)
+    names = sorted(os.listdir(folder / "images"))
+    wrong = names[:2 * len(names) // 3]  # most images are of another size than the boxes' frame
+    for name in wrong:
+        _break_size(folder, name)
+    for skip_bad in (False, True):
+        with pytest.raises(build.BadInputError, match="the images are of 2 sizes") as err:
+            build.build(folder, tmp_path / "out", image_size=STORED_SIZE, num_workers=1,
+                        skip_bad=skip_bad, progress=False)
+        message = str(err.value)
+        assert f"{SOURCE_SIZE // 2}x{SOURCE_SIZE // 2}: {len(wrong)} images" in message
+        assert f"{SOURCE_SIZE}x{SOURCE_SIZE}: {len(names) - len(wrong)} images" in message
+        assert "--frame_size" in message
+    manifest = build.build(folder, tmp_path / "out", image_size=STORED_SIZE, num_workers=1,
+                           skip_bad=True, frame_size=SOURCE_SIZE, progress=False)
+    assert sorted(f["image_id"] for f in manifest["skipped"]["files"]) == wrong
+    assert manifest["frame_size"] == SOURCE_SIZE and manifest["frame_size_from"] == "frame_size"
+    kept = _records(tmp_path / "out")
+    assert sorted(kept) == names[len(wrong):]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"image_size": 0}, "image_size must be an integer in"),
+    ({"image_size": -3}, "image_size must be an integer in"),
+    ({"frame_size": 0}, "frame_size must be"),
+    ({"frame_size": 10 ** 6}, "frame_size must be"),
+    ({"num_shards": 0}, "num_shards must be"),
+    ({"num_workers": 0}, "num_workers must be"),
+    ({"num_folds": 1}, "num_folds must be"),
+    ({"fold_seed": -1}, "fold_seed must be"),
+    ({"image_size": 2.5}, "image_size must be an integer"),
+])
+def test_arguments_are_checked_before_any_work(tmp_path, arguments, message):
+    # The folder does not exist: the argument error must come first.
+    with pytest.raises(ValueError, match=message):
+        build.build(tmp_path / "missing", tmp_path / "out", progress=False, **arguments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_finite_box_coordinate_names_the_file_and_line(nih_dir, tmp_path):
+    folder = _copy(nih_dir, tmp_path)
+    name = _first_images(folder, 1)[0]
+    lines = (folder / "BBox_List_2017.csv").read_text().splitlines()
+    with open(folder / "BBox_List_2017.csv", "a", encoding="utf-8") as f:
+        f.write(f"{name},Mass,10,inf,20,20\n")
+    with pytest.raises(ValueError, match=rf"BBox_List_2017.csv line {len(lines) + 1}: box of "
+                                         rf"{name} has non-finite coordinates"):
         build.build(folder, tmp_path / "out", num_workers=1, progress=False)
