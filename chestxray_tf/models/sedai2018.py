@@ -142,6 +142,8 @@ def build_sedai2018(*, image_size=256, num_classes=NUM_CLASSES, backbone="densen
     """
     if relevance not in RELEVANCE_CHOICES:
         raise ValueError(f"relevance must be one of {RELEVANCE_CHOICES}, got {relevance!r}")
+    if int(image_size) != image_size or image_size < 32:
+        raise ValueError(f"image_size must be an integer >= 32, got {image_size!r}")
     tapped = feature_taps(_backbone(backbone, image_size, weights), taps)
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
     features = tapped(image)

@@ -244,6 +244,10 @@ def test_backbone_model_argument_and_bad_arguments():
         build_sedai2018(taps=("pool7_relu", "relu"), **TINY)
     with pytest.raises(ValueError, match="unknown DenseNet 'resnet_v2_50'"):
         build_sedai2018(image_size=64, backbone="resnet_v2_50")
+    with pytest.raises(ValueError, match="image_size must be an integer >= 32, got 16"):
+        build_sedai2018(image_size=16, backbone="densenet_tiny")
+    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
+        build_sedai2018(image_size=64, num_classes=0, backbone="densenet_tiny")
     with pytest.raises(ValueError, match="num_blocks must be a positive integer"):
         RelevanceWeights(0, 3)
 
