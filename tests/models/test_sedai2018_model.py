@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from chestxray_tf.losses.weighted_bce import class_balanced_bce
 from chestxray_tf.models.cam import MinMaxNormalization
 from chestxray_tf.models.densenet import build_densenet
 from chestxray_tf.models.sedai2018 import (SEDAI_TAPS, RelevanceWeights, Simplex,
@@ -277,7 +278,6 @@ def test_full_size_densenet121_shapes():
 
 
 def test_model_trains_with_the_class_balanced_loss_and_keeps_w_on_the_simplex():
-    from chestxray_tf.losses.weighted_bce import class_balanced_bce
     model = build_sedai2018(**TINY)
     optimizer = keras.optimizers.Adam(learning_rate=0.05)
     rng = np.random.default_rng(9)
