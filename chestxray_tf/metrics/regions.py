@@ -57,6 +57,18 @@ def binarize(saliency_map, threshold, inclusive=False):
     return values >= threshold if inclusive else values > threshold
 
 
+def binarize_band(saliency_map, low, high):
+    """bool [H, W]: the cells with low <= value <= high (both ends kept).
+
+    The "wang2017" binarisation option of the Sedai et al. 2018 brief (D-13): Wang et al.'s
+    band of the normalised map, low = 60/255, high = 180/255.
+    """
+    if not low <= high:
+        raise ValueError(f"binarize_band needs low <= high, got low={low!r}, high={high!r}")
+    values = _check_map(saliency_map)
+    return (values >= low) & (values <= high)
+
+
 def connected_components(mask):
     """Labels of the 8-connected components of a bool mask.
 
