@@ -12,9 +12,11 @@ Alignment module (Sec. 3.2, brief §3.1-3.3):
 * `grid_smooth`: B(G(.)) of Eq. 6: average pooling S/32 x S/32 (16 at 512 px), bilinear back.
 * `boxes_to_aligned` / `boxes_to_original`: a box through the alignment and back.
 
-Attention network (Sec. 3.1, Eqs. 1, 2, 4, 5, brief §3.4):
+Attention network (Sec. 3.1, Eqs. 1, 2, 4, 5, brief §3.4-3.5):
 * `AttentionCam`: the CAM head with disease-mask attention, Ŝ_c = (1 + psi_c) ⊙ S_c and
   logit_c = mean_ij Ŝ_c + b_c, psi = 0 giving the plain CAM classifier.
+* `OriginalFrameMaps`: Ŝ -> R x R maps in [0, 1] in the original image's frame (inverse warp).
+* `build_classifier`: [frozen aligner ->] ResNet-50 -> AttentionCam, the S0 / S2 / S4 model.
 """
 
 import math
@@ -23,7 +25,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from chestxray_tf.models.resnet import RESNET18, resnet_v1
+from chestxray_tf.labels import NUM_CLASSES
+from chestxray_tf.models.resnet import RESNET18, RESNET50, resnet_v1
 from chestxray_tf.models.sampler import affine_warp, invert_affine, transform_boxes
 
 NUM_PARAMS = 5  # (s_x, s_y, t_x, t_y, theta), in this order everywhere
@@ -228,3 +231,73 @@ class AttentionCam(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
                 "attention": self.attention}
+
+
+@keras.saving.register_keras_serializable(package="chestxray_tf")
+class OriginalFrameMaps(keras.layers.Layer):
+    """Localization maps for the evaluation (brief §2.5, §3.5): cams [B, p, p, K] of the aligned
+    frame (and the aligner's params [B, 5]) -> [B, R, R, K] float32 in [0, 1].
+
+    Bilinear resize to R x R; with params, warp by A^-1 into the original frame (fill = the
+    map's minimum, done as warping map - min with fill 0); min-max normalise per (image, class)
+    (a constant map gives zeros). Called on cams alone, no warp (the S0 model).
+    """
+
+    def __init__(self, size, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if int(size) != size or size < 1:
+            raise ValueError(f"OriginalFrameMaps size must be a positive integer, got {size!r}")
+        self.size = int(size)
+
+    def call(self, inputs):
+        cams, params = inputs if isinstance(inputs, (list, tuple)) else (inputs, None)
+        maps = ops.image.resize(ops.cast(cams, "float32"), (self.size, self.size),
+                                interpolation="bilinear")
+        maps = maps - ops.min(maps, axis=(1, 2), keepdims=True)
+        if params is not None:
+            inverse = invert_affine(affine_matrix(ops.cast(params, "float32")))
+            maps = affine_warp(maps, inverse, fill_value=0.0)
+        maps = maps - ops.min(maps, axis=(1, 2), keepdims=True)
+        span = ops.max(maps, axis=(1, 2), keepdims=True)
+        return ops.where(span > 0, maps / ops.where(span > 0, span, 1.0), 0.0)
+
+    def compute_output_shape(self, input_shape):
+        cams_shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and \
+            isinstance(input_shape[0], (list, tuple)) else input_shape
+        return (cams_shape[0], self.size, self.size, cams_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
+def build_classifier(image_size=512, *, backbone=RESNET50, num_classes=NUM_CLASSES,
+                     weights=None, aligner=None, attention="class", cam_size=128,
+                     name="kim_classifier"):
+    """Kim et al.'s classifier (brief §3.4): image I [B, S, S, 3] -> {"image_probs" [B, K],
+    "cam_scores" Ŝ [B, p, p, K] (aligned frame, no bias: S3's input), "cam" [B, R, R, K]
+    (`OriginalFrameMaps`, R = cam_size)}, all float32.
+
+    Args:
+        image_size: S.
+        backbone: a `resnet_v1` configuration (RESNET50; RESNET50_TINY in tests).
+        weights: None, "imagenet" (RESNET50 only) or a local weights file of the backbone.
+        aligner: None (S0: the original images) or a `build_aligner` model, frozen and run in
+            inference mode inside this model (S2, S4: the classifier sees the sharp W_A(I)).
+        attention: `AttentionCam` attention ("class" or "union"); masks zero until set (S4).
+        cam_size: R.
+        name: model name.
+    """
+    image = keras.Input(shape=(image_size, image_size, 3), name="image")
+    x, params = image, None
+    if aligner is not None:
+        aligner.trainable = False
+        aligned = aligner(image, training=False)
+        x, params = aligned["aligned"], aligned["params"]
+    features = resnet_v1((image_size, image_size, 3), **backbone, weights=weights,
+                         name=f"{name}_backbone")(x)
+    cams, logits = AttentionCam(num_classes, attention=attention, name="cam_head")(features)
+    probs = keras.layers.Activation("sigmoid", dtype="float32", name="image_probs")(logits)
+    maps = OriginalFrameMaps(cam_size, name="cam")(cams if params is None else [cams, params])
+    return keras.Model(image, {"image_probs": probs, "cam_scores": cams, "cam": maps},
+                       name=name)

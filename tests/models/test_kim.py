@@ -9,10 +9,12 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
-from chestxray_tf.models.kim import (AffineParams, AttentionCam, SpatialTransformer,
-                                     affine_matrix, boxes_to_aligned, boxes_to_original,
-                                     build_aligner, grid_smooth)
-from chestxray_tf.models.resnet import RESNET18_TINY
+from chestxray_tf.losses.kim import batch_weighted_bce
+from chestxray_tf.models.kim import (AffineParams, AttentionCam, OriginalFrameMaps,
+                                     SpatialTransformer, affine_matrix, boxes_to_aligned,
+                                     boxes_to_original, build_aligner, build_classifier,
+                                     grid_smooth)
+from chestxray_tf.models.resnet import RESNET18_TINY, RESNET50_TINY
 from chestxray_tf.models.sampler import affine_warp, invert_affine
 
 RNG = np.random.default_rng(0)
@@ -310,3 +312,55 @@ def test_bad_arguments_are_rejected():
         AffineParams(bounded="yes")
     with pytest.raises(ValueError, match="hidden .* got -1"):
         build_aligner(64, backbone=RESNET18_TINY, hidden=-1)
+
+
+def test_original_frame_maps_equal_resize_then_inverse_warp_then_min_max():
+    rng = np.random.default_rng(5)
+    cams = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    params = np.array([[1.1, 0.9, 0.1, -0.05, 0.2], [0.8, 1.2, -0.2, 0.1, -0.1]], np.float32)
+    got = np.asarray(OriginalFrameMaps(12)([cams, params]))
+    resized = np.asarray(keras.ops.image.resize(cams, (12, 12), interpolation="bilinear"))
+    for b in range(2):
+        inverse = np.linalg.inv(np.vstack([reference_matrix(*params[b]), [0, 0, 1]]))[:2]
+        for k in range(3):
+            m = resized[b, :, :, k:k + 1]
+            warped = reference_warp(m - m.min(), inverse, 12, 12, fill=0.0)[..., 0]
+            expected = (warped - warped.min()) / (warped.max() - warped.min())
+            np.testing.assert_allclose(got[b, :, :, k], expected, atol=1e-5)
+    unwarped = np.asarray(OriginalFrameMaps(4)(cams))
+    np.testing.assert_allclose(unwarped[0, :, :, 0], (cams[0, :, :, 0] - cams[0, :, :, 0].min())
+                               / np.ptp(cams[0, :, :, 0]), atol=1e-6)
+    np.testing.assert_array_equal(OriginalFrameMaps(4)(np.ones((1, 2, 2, 1))), 0.0)
+
+
+def test_classifier_with_a_frozen_aligner_trains_only_the_classifier(tmp_path):
+    rng = np.random.default_rng(6)
+    aligner = build_aligner(64, backbone=RESNET18_TINY)
+    regressor = aligner.get_layer("aligner_regressor")
+    regressor.bias.assign([1.1, 0.9, 0.1, 0.0, 0.1])  # not the identity
+    model = build_classifier(64, backbone=RESNET50_TINY, num_classes=3, aligner=aligner,
+                             cam_size=16)
+    images = rng.uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
+    labels = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], np.float32)
+    out = model(images)
+    assert out["cam"].shape == (3, 16, 16, 3) and out["cam_scores"].shape == (3, 2, 2, 3)
+    bias = model.get_layer("cam_head").bias.numpy()
+    np.testing.assert_allclose(out["image_probs"], 1 / (1 + np.exp(-(np.asarray(
+        out["cam_scores"]).mean(axis=(1, 2)) + bias))), rtol=1e-5)
+    assert float(np.min(out["cam"])) == 0.0 and float(np.max(out["cam"])) == 1.0
+    frozen = [w.numpy().copy() for w in aligner.weights]
+    head_before = model.get_layer("cam_head").kernel.numpy().copy()
+    optimizer = keras.optimizers.Adam(1e-2)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(batch_weighted_bce(labels, model(images, training=True)
+                                                 ["image_probs"]))
+    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                  model.trainable_variables))
+    for before, after in zip(frozen, aligner.weights):  # BN statistics included
+        np.testing.assert_array_equal(before, after.numpy())
+    assert np.abs(model.get_layer("cam_head").kernel.numpy() - head_before).max() > 0
+    path = tmp_path / "classifier.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    for key, value in model(images).items():
+        np.testing.assert_allclose(reloaded(images)[key], value, rtol=1e-5, atol=1e-6)
