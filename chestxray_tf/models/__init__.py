@@ -4,4 +4,4 @@ Importing the package registers its Keras-serialisable layers, so `keras.saving.
 can read a saved `.keras` model after `import chestxray_tf.models`.
 """
 
-from chestxray_tf.models import layers, li2018  # noqa: F401  (registers the custom layers)
+from chestxray_tf.models import kim, layers, li2018  # noqa: F401  (registers the custom layers)

@@ -126,7 +126,7 @@ def test_positive_t_x_of_one_pixel_moves_the_content_one_pixel_left():
 
 def test_gradients_wrt_the_five_parameters_match_finite_differences():
     image = smooth_image(24)
-    weights = RNG.normal(size=(24, 24, 2))
+    weights = np.random.default_rng(11).normal(size=(24, 24, 2))
     params = np.array([[1.1, 0.9, 0.08, -0.05, 0.1]])
 
     def objective(p):
@@ -139,7 +139,7 @@ def test_gradients_wrt_the_five_parameters_match_finite_differences():
     eps = 1e-5
     numeric = np.array([(objective(params + eps * e) - objective(params - eps * e)).numpy() / (2 * eps)
                         for e in np.eye(5)[:, None, :]])
-    assert np.all(np.abs(numeric) > 0.1)
+    assert np.all(np.abs(numeric) > 1.0)  # every parameter moves the objective
     np.testing.assert_allclose(grad, numeric, rtol=1e-3)
 
 
