@@ -87,7 +87,8 @@ class SpatialTransformer(keras.layers.Layer):
     def __init__(self, fill_value=DEFAULT_FILL, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        if not isinstance(fill_value, (int, float)) or not math.isfinite(fill_value):
+        if isinstance(fill_value, (bool, str)) or not np.isscalar(fill_value) or \
+                not math.isfinite(fill_value):
             raise ValueError(f"SpatialTransformer fill_value must be a finite number, got "
                              f"{fill_value!r}")
         self.fill_value = float(fill_value)

@@ -308,6 +308,9 @@ def test_bad_arguments_are_rejected():
         AttentionCam(0)
     with pytest.raises(ValueError, match="fill_value .* got nan"):
         SpatialTransformer(fill_value=float("nan"))
+    with pytest.raises(ValueError, match="fill_value .* got 'black'"):
+        SpatialTransformer(fill_value="black")
+    assert SpatialTransformer(fill_value=np.float32(-1)).fill_value == -1.0
     with pytest.raises(ValueError, match="bounded .* got 'yes'"):
         AffineParams(bounded="yes")
     with pytest.raises(ValueError, match="hidden .* got -1"):
