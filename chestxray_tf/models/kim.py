@@ -43,6 +43,9 @@ def affine_matrix(params):
     points to input points (`sampler` module docstring).
     """
     params = ops.convert_to_tensor(params)
+    if len(params.shape) != 2 or params.shape[-1] != NUM_PARAMS:
+        raise ValueError(f"affine_matrix params must be [B, 5] (s_x, s_y, t_x, t_y, theta), "
+                         f"got shape {tuple(params.shape)}")
     s_x, s_y, t_x, t_y, theta = (params[:, i] for i in range(NUM_PARAMS))
     cos, sin = ops.cos(theta), ops.sin(theta)
     return ops.stack([ops.stack([s_x * cos, -s_y * sin, t_x], axis=-1),

@@ -302,6 +302,8 @@ def test_layers_round_trip_through_a_keras_file(tmp_path):
 
 
 def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match=r"params must be \[B, 5\].* got shape \(2, 4\)"):
+        affine_matrix(np.zeros((2, 4)))
     with pytest.raises(ValueError, match="attention must be one of .* got 'sum'"):
         AttentionCam(3, attention="sum")
     with pytest.raises(ValueError, match="num_classes .* got 0"):

@@ -1,5 +1,9 @@
 """Tests of chestxray_tf/models/resnet.py: ResNet v1 (basic and bottleneck blocks)."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -134,3 +138,33 @@ def test_bad_arguments_are_rejected(tmp_path):
         resnet_v1(SMALL, block="basic", blocks=(2, 2, 2))
     with pytest.raises(ValueError, match="stem_width"):
         resnet_v1(SMALL, block="basic", stem_width=0)
+
+
+ODD_BATCHES = """
+import keras, tensorflow as tf
+from chestxray_tf.models.resnet import RESNET18_TINY, RESNET50_TINY, resnet_v1
+for config in (RESNET18_TINY, RESNET50_TINY):
+    model = resnet_v1((64, 64, 3), **config)
+    optimizer = keras.optimizers.Adam()
+
+    @tf.function
+    def step(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(model(images, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                      model.trainable_variables))
+
+    for batch in (3, 5, 1, 7):
+        for _ in range(3):
+            step(tf.random.normal([batch, 64, 64, 3]))
+print("trained")
+"""
+
+
+@pytest.mark.slow
+def test_tiny_variants_train_with_odd_batch_sizes_on_cpu():
+    """In a subprocess (heap corruption kills the process), as test_backbones.py does for the
+    tiny ResNet-v2: every strided convolution of the tiny v1 variants is >= 16 wide."""
+    result = subprocess.run([sys.executable, "-c", ODD_BATCHES], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0 and "trained" in result.stdout, result.stderr[-2000:]
