@@ -5,6 +5,8 @@ over the batch gives the loss.
 
 from keras import ops
 
+from chestxray_tf.models.kim import grid_smooth
+
 EPSILON = 1e-7  # probabilities are clipped to [EPSILON, 1 - EPSILON]
 WBCE_SCOPES = ("batch", "per_class")
 LOSS_FORMS = ("mse", "literal")
@@ -116,3 +118,35 @@ def alignment_loss(anchor, smoothed, anchor_features, features, form="mse"):
     l_e = euclidean_loss(anchor, smoothed, form)
     l_p = perceptual_loss(anchor_features, features, form)
     return l_e + l_p, {"align_e": l_e, "align_p": l_p}
+
+
+def make_alignment_loss(perceptual_net, anchor, pool_size, form="mse"):
+    """The S1 loss of the aligned images W_A(I), with phi(I) = B(G(W_A(I))) (Eq. 6) and the
+    frozen perceptual network F (S0's `stage_outputs_model`, run in inference mode).
+
+    F_s(A) is computed once here, on the unsmoothed anchor (it is already a mean; brief §2.16).
+
+    Args:
+        perceptual_net: a model image [B, S, S, 3] -> the list of its F_s.
+        anchor: A [S, S, 3].
+        pool_size: G's window (S / 32: 16 at 512 px).
+        form: "mse" or "literal".
+
+    Returns:
+        loss_fn(aligned [B, S, S, 3]) -> (loss [B], {"align_e": [B], "align_p": [B]}).
+    """
+    _check_choice("loss_form", form, LOSS_FORMS)
+    anchor = ops.convert_to_tensor(anchor, dtype="float32")[None]
+    anchor_features = [ops.stop_gradient(f) for f in _as_list(perceptual_net(anchor,
+                                                                             training=False))]
+
+    def loss_fn(aligned):
+        smoothed = grid_smooth(ops.cast(aligned, "float32"), pool_size)
+        features = _as_list(perceptual_net(smoothed, training=False))
+        return alignment_loss(anchor, smoothed, anchor_features, features, form)
+
+    return loss_fn
+
+
+def _as_list(outputs):
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]

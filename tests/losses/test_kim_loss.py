@@ -2,12 +2,15 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from chestxray_tf.losses.kim import (alignment_loss, batch_weighted_bce, euclidean_loss,
-                                     perceptual_loss)
+                                     make_alignment_loss, perceptual_loss)
+from chestxray_tf.models.kim import build_aligner, grid_smooth
+from chestxray_tf.models.resnet import RESNET18_TINY
 
 
 def reference_eq10(labels, probs, per_class=False):
@@ -113,3 +116,36 @@ def test_bad_arguments_are_rejected():
         euclidean_loss(np.zeros((2, 2, 1)), np.zeros((1, 2, 2, 1)), form="l1")
     with pytest.raises(ValueError, match="as many anchor features as features, got 1 and 2"):
         perceptual_loss([np.zeros((1, 2, 2, 1))], [np.zeros((1, 2, 2, 1))] * 2)
+
+
+def tiny_perceptual_net():
+    image = keras.Input((32, 32, 3))
+    first = keras.layers.Conv2D(4, 3, strides=2, name="f1")(image)
+    second = keras.layers.BatchNormalization(name="f2")(keras.layers.Conv2D(6, 3, name="c2")(first))
+    model = keras.Model(image, [first, second])
+    model.trainable = False
+    return model
+
+
+def test_make_alignment_loss_caches_anchor_features_and_trains_the_aligner_only():
+    rng = np.random.default_rng(8)
+    net = tiny_perceptual_net()
+    frozen = [w.numpy().copy() for w in net.weights]
+    anchor = rng.uniform(-1, 1, (32, 32, 3)).astype(np.float32)
+    loss_fn = make_alignment_loss(net, anchor, pool_size=2)
+    aligner = build_aligner(32, backbone=RESNET18_TINY)
+    images = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        loss, terms = loss_fn(aligner(images, training=True)["aligned"])
+        mean_loss = tf.reduce_mean(loss)
+    smoothed = np.asarray(grid_smooth(images, 2))  # the aligner is the identity at init
+    expected, expected_terms = alignment_loss(anchor[None], smoothed, net(anchor[None]),
+                                              net(smoothed), form="mse")
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(terms["align_e"], np.mean((smoothed - anchor) ** 2, axis=(1, 2, 3)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(terms["align_p"], expected_terms["align_p"], rtol=1e-5)
+    grad = tape.gradient(mean_loss, aligner.get_layer("aligner_regressor").kernel)
+    assert np.abs(grad.numpy()).max() > 0  # the loss reaches the five parameters
+    for before, after in zip(frozen, net.weights):
+        np.testing.assert_array_equal(before, after.numpy())
