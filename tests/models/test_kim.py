@@ -17,8 +17,6 @@ from chestxray_tf.models.kim import (AffineParams, AttentionCam, OriginalFrameMa
 from chestxray_tf.models.resnet import RESNET18_TINY, RESNET50_TINY
 from chestxray_tf.models.sampler import affine_warp, invert_affine
 
-RNG = np.random.default_rng(0)
-
 
 def reference_matrix(s_x, s_y, t_x, t_y, theta):
     """Eq. 6, entry by entry."""
@@ -64,7 +62,8 @@ def test_affine_matrix_hand_case():
 
 
 def test_affine_matrix_random():
-    params = RNG.normal(size=(6, 5))
+    rng = np.random.default_rng(1)
+    params = rng.normal(size=(6, 5))
     got = np.asarray(affine_matrix(params))
     assert got.shape == (6, 2, 3)
     for p, m in zip(params, got):
@@ -72,7 +71,8 @@ def test_affine_matrix_random():
 
 
 def test_identity_params_reproduce_the_image():
-    image = RNG.normal(size=(7, 11, 3))
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(7, 11, 3))
     np.testing.assert_allclose(warp(image, [1, 1, 0, 0, 0]), image, atol=1e-12)
 
 
@@ -82,7 +82,8 @@ def test_identity_params_reproduce_the_image():
     ((1.4, 0.8, 0.5, 0.1, 2.0), (5, 8)),  # mostly outside, another output size
 ])
 def test_sampler_equals_the_loop_reference(params, out_size):
-    image = RNG.normal(size=(6, 9, 2))
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(6, 9, 2))
     out_h, out_w = out_size or image.shape[:2]
     expected = reference_warp(image, reference_matrix(*params), out_h, out_w, fill=-1.0)
     np.testing.assert_allclose(warp(image, params, output_size=out_size), expected, atol=1e-12)
@@ -105,8 +106,9 @@ def test_sampler_equals_keras_affine_transform():
 
 
 def test_sampler_equals_scipy_map_coordinates():
-    image = RNG.normal(size=(10, 13, 1))
-    params = RNG.normal([1, 1, 0, 0, 0], [0.2, 0.2, 0.2, 0.2, 0.4])
+    rng = np.random.default_rng(4)
+    image = rng.normal(size=(10, 13, 1))
+    params = rng.normal([1, 1, 0, 0, 0], [0.2, 0.2, 0.2, 0.2, 0.4])
     m = reference_matrix(*params)
     i, j = np.meshgrid(np.arange(10), np.arange(13), indexing="ij")
     x_t, y_t = (2 * j + 1) / 13 - 1, (2 * i + 1) / 10 - 1
@@ -118,7 +120,8 @@ def test_sampler_equals_scipy_map_coordinates():
 
 
 def test_positive_t_x_of_one_pixel_moves_the_content_one_pixel_left():
-    image = RNG.normal(size=(4, 8, 1))
+    rng = np.random.default_rng(5)
+    image = rng.normal(size=(4, 8, 1))
     got = warp(image, [1, 1, 2 / 8, 0, 0], fill=-1.0)
     np.testing.assert_allclose(got[:, :-1], image[:, 1:], atol=1e-12)
     np.testing.assert_allclose(got[:, -1], -1.0, atol=1e-12)
@@ -144,7 +147,8 @@ def test_gradients_wrt_the_five_parameters_match_finite_differences():
 
 
 def test_integer_translation_then_its_inverse_is_exact_except_the_strip_shifted_out():
-    image = RNG.normal(size=(8, 8, 1))
+    rng = np.random.default_rng(6)
+    image = rng.normal(size=(8, 8, 1))
     params = np.array([[1, 1, 2 * 2 / 8, -2 * 1 / 8, 0]])  # 2 px left, 1 px down
     matrices = affine_matrix(params)
     there = affine_warp(image[None], matrices, fill_value=-1.0)
@@ -163,7 +167,8 @@ def test_general_warp_then_inverse_is_close_to_identity_in_the_interior():
 
 
 def test_invert_affine_against_numpy_and_degenerate_matrices():
-    matrices = affine_matrix(RNG.normal([1, 1, 0, 0, 0], 0.3, size=(4, 5)))
+    rng = np.random.default_rng(7)
+    matrices = affine_matrix(rng.normal([1, 1, 0, 0, 0], 0.3, size=(4, 5)))
     got = np.asarray(invert_affine(matrices))
     for m, inv in zip(np.asarray(matrices), got):
         full = np.vstack([m, [0, 0, 1]])
@@ -210,8 +215,9 @@ def test_grid_smooth_shape_constant_and_linear_ramp():
 
 @pytest.mark.parametrize("bounded, hidden", [(False, 0), (True, 0), (False, 16)])
 def test_aligner_is_the_identity_at_initialisation_and_trains(bounded, hidden):
+    rng = np.random.default_rng(8)
     aligner = build_aligner(64, backbone=RESNET18_TINY, bounded=bounded, hidden=hidden)
-    image = RNG.uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
+    image = rng.uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
     out = aligner(image, training=False)
     np.testing.assert_allclose(out["params"], np.tile([1, 1, 0, 0, 0], (3, 1)), atol=1e-7)
     np.testing.assert_allclose(out["aligned"], image, atol=1e-6)
@@ -224,7 +230,8 @@ def test_aligner_is_the_identity_at_initialisation_and_trains(bounded, hidden):
 
 
 def test_bounded_params_formula():
-    raw = RNG.normal(size=(4, 5)).astype(np.float32)
+    rng = np.random.default_rng(9)
+    raw = rng.normal(size=(4, 5)).astype(np.float32)
     got = np.asarray(AffineParams(bounded=True)(raw))
     t = np.tanh(raw.astype(np.float64))
     expected = np.stack([1 + .5 * t[:, 0], 1 + .5 * t[:, 1], .5 * t[:, 2], .5 * t[:, 3],
@@ -252,11 +259,12 @@ def reference_attention_cam(features, kernel, bias, masks, union=False):
 
 @pytest.mark.parametrize("attention", ["class", "union"])
 def test_attention_cam_equals_the_literal_equations(attention):
-    features = RNG.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    rng = np.random.default_rng(10)
+    features = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
     head = AttentionCam(3, attention=attention)
     head.build(features.shape)
-    head.bias.assign(RNG.normal(size=3))
-    masks = RNG.uniform(0, 1, (3, 4, 3)) * (RNG.uniform(size=(3, 4, 3)) > 0.4)
+    head.bias.assign(rng.normal(size=3))
+    masks = rng.uniform(0, 1, (3, 4, 3)) * (rng.uniform(size=(3, 4, 3)) > 0.4)
     head.set_masks(masks)
     cams, logits = head(features)
     ref_cams, ref_logits = reference_attention_cam(features, head.kernel.numpy(),
@@ -266,7 +274,8 @@ def test_attention_cam_equals_the_literal_equations(attention):
 
 
 def test_attention_cam_without_masks_is_gap_then_dense_and_psi_one_doubles():
-    features = RNG.normal(size=(2, 4, 4, 6)).astype(np.float32)
+    rng = np.random.default_rng(11)
+    features = rng.normal(size=(2, 4, 4, 6)).astype(np.float32)
     head = AttentionCam(3)
     cams, logits = head(features)
     dense = features.mean(axis=(1, 2)) @ head.kernel.numpy() + head.bias.numpy()
@@ -283,15 +292,16 @@ def test_attention_cam_without_masks_is_gap_then_dense_and_psi_one_doubles():
 
 
 def test_layers_round_trip_through_a_keras_file(tmp_path):
+    rng = np.random.default_rng(12)
     image = keras.Input((16, 16, 3))
     params_in = keras.Input((5,))
     aligned = SpatialTransformer(fill_value=-0.5)([image, AffineParams(bounded=True)(params_in)])
     cams, logits = AttentionCam(2, attention="union")(keras.layers.Conv2D(4, 3)(aligned))
     model = keras.Model([image, params_in], [aligned, cams, logits])
     head = [layer for layer in model.layers if isinstance(layer, AttentionCam)][0]
-    head.set_masks(RNG.uniform(size=(14, 14, 2)))
-    inputs = [RNG.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32),
-              RNG.normal(0, 0.5, (2, 5)).astype(np.float32)]
+    head.set_masks(rng.uniform(size=(14, 14, 2)))
+    inputs = [rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32),
+              rng.normal(0, 0.5, (2, 5)).astype(np.float32)]
     inputs[1][0] = [0, 0, 5, 0, 0]  # s = 1, t_x = 0.5 tanh(5): a quarter is shifted out
     path = tmp_path / "kim.keras"
     model.save(path)
