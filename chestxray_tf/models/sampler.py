@@ -77,14 +77,25 @@ def affine_warp(images, matrices, output_size=None, fill_value=0.0):
                        (-1, height, width, images.shape[-1]))
 
 
-def invert_affine(matrices, min_det=1e-3):
+MIN_DET = 1e-3
+
+
+def degenerate_affine(matrices, min_det=MIN_DET):
+    """bool [B]: |det M| <= min_det for matrices [B, 2, 3] = [M | t], the matrices that
+    `invert_affine` replaces by the identity (to be counted and reported)."""
+    matrices = ops.convert_to_tensor(matrices)
+    det = matrices[:, 0, 0] * matrices[:, 1, 1] - matrices[:, 0, 1] * matrices[:, 1, 0]
+    return ops.abs(det) <= min_det
+
+
+def invert_affine(matrices, min_det=MIN_DET):
     """A^-1 = [M^-1 | -M^-1 t] of matrices [B, 2, 3] = [M | t]; a matrix with |det M| <= min_det
-    (not invertible in practice) gives the identity (brief §3.2)."""
+    (not invertible in practice, `degenerate_affine`) gives the identity (brief §3.2)."""
     matrices = ops.convert_to_tensor(matrices)
     a, b, t_x = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
     c, d, t_y = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
     det = a * d - b * c
-    ok = ops.abs(det) > min_det
+    ok = ops.logical_not(degenerate_affine(matrices, min_det))
     det = ops.where(ok, det, ops.ones_like(det))
     ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
     inverse = ops.stack([

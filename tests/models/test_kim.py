@@ -15,7 +15,7 @@ from chestxray_tf.models.kim import (AffineParams, AttentionCam, OriginalFrameMa
                                      boxes_to_original, build_aligner, build_classifier,
                                      grid_smooth)
 from chestxray_tf.models.resnet import RESNET18_TINY, RESNET50_TINY
-from chestxray_tf.models.sampler import affine_warp, invert_affine
+from chestxray_tf.models.sampler import affine_warp, degenerate_affine, invert_affine
 
 
 def reference_matrix(s_x, s_y, t_x, t_y, theta):
@@ -46,8 +46,8 @@ def reference_warp(image, matrix, out_h, out_w, fill):
 def smooth_image(size, channels=2):
     i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
     u, v = i / size, j / size
-    return np.stack([np.sin(3 * u + 1) * np.cos(2 * v), np.exp(-((u - .4) ** 2 + (v - .6) ** 2) * 6)]
-                    [:channels], axis=-1)
+    bands = [np.sin(3 * u + 1) * np.cos(2 * v), np.exp(-((u - .4) ** 2 + (v - .6) ** 2) * 6)]
+    return np.stack(bands[:channels], axis=-1)
 
 
 def warp(image, params, fill=-1.0, output_size=None, dtype="float64"):
@@ -140,8 +140,8 @@ def test_gradients_wrt_the_five_parameters_match_finite_differences():
         value = objective(p)
     grad = tape.gradient(value, p).numpy()[0]
     eps = 1e-5
-    numeric = np.array([(objective(params + eps * e) - objective(params - eps * e)).numpy() / (2 * eps)
-                        for e in np.eye(5)[:, None, :]])
+    numeric = np.array([(objective(params + eps * e) - objective(params - eps * e)).numpy()
+                        / (2 * eps) for e in np.eye(5)[:, None, :]])
     assert np.all(np.abs(numeric) > 1.0)  # every parameter moves the objective
     np.testing.assert_allclose(grad, numeric, rtol=1e-3)
 
@@ -173,8 +173,13 @@ def test_invert_affine_against_numpy_and_degenerate_matrices():
     for m, inv in zip(np.asarray(matrices), got):
         full = np.vstack([m, [0, 0, 1]])
         np.testing.assert_allclose(np.vstack([inv, [0, 0, 1]]), np.linalg.inv(full), atol=1e-10)
-    singular = np.asarray(invert_affine(np.array([[[1.0, 2.0, 0.3], [0.5, 1.0, 0.1]]])))
-    np.testing.assert_allclose(singular[0], np.eye(2, 3))
+    singular = np.array([[[1.0, 2.0, 0.3], [0.5, 1.0, 0.1]], [[0.03, 0, 0], [0, 0.03, 0]],
+                         [[0.04, 0, 0], [0, 0.04, 0]]])  # det 0, 9e-4, 1.6e-3
+    np.testing.assert_array_equal(degenerate_affine(singular), [True, True, False])
+    inverse = np.asarray(invert_affine(singular))
+    np.testing.assert_allclose(inverse[0], np.eye(2, 3))
+    np.testing.assert_allclose(inverse[1], np.eye(2, 3))
+    np.testing.assert_allclose(inverse[2], np.diag([25.0, 25.0, 0])[:2], rtol=1e-12)
 
 
 @pytest.mark.parametrize("params", [(1.0, 1.0, 0.25, -0.125, 0.0), (0.8, 1.25, 0.1, 0.05, 0.0),
@@ -189,7 +194,7 @@ def test_a_box_warps_to_boxes_to_aligned_and_back(params):
     rows, cols = np.nonzero(warped[..., 0] > 0.5)
     measured = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1]) / size
     # The content's bounding box, to a pixel (the corners of a rotated box are thin slivers).
-    np.testing.assert_allclose(measured, aligned[0], atol=1.5 / size if params[4] == 0 else 3 / size)
+    np.testing.assert_allclose(measured, aligned[0], atol=(1.5 if params[4] == 0 else 3) / size)
     if params[4] == 0:  # boxes stay boxes: back exactly
         np.testing.assert_allclose(boxes_to_original(aligned, np.array([params])), box, atol=1e-12)
     else:  # the enclosing box of the enclosing box contains the box
