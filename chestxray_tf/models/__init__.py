@@ -4,4 +4,5 @@ Importing the package registers its Keras-serialisable layers, so `keras.saving.
 can read a saved `.keras` model after `import chestxray_tf.models`.
 """
 
-from chestxray_tf.models import cam, layers, li2018, sedai2018  # noqa: F401  (registers the custom layers)
+# noqa: F401 below: the imports register the custom layers.
+from chestxray_tf.models import cam, kim, layers, li2018, sedai2018  # noqa: F401
