@@ -10,6 +10,11 @@ ImageNet weights and any weights file saved from `ResNet50V2(include_top=False)`
 Unlike the Keras application it takes a kernel regulariser (the paper's L2 regularisation) and
 smaller widths/depths (the `resnet_v2_tiny` variant for tests and the demo).
 
+`resnet_v2(..., antialias=True)` is the anti-aliased variant of Rozenberg et al. 2019 (Sec. 3.3,
+after Zhang 2019): every stride-2 step but the stem convolution becomes a stride-1 step followed
+by a `BlurPool2D` (brief §3.2), with the same weighted layers and names, so the plain
+backbone's weights (and Keras' ResNet50V2 ImageNet weights) load into it by name.
+
 `build_backbone(name, ...)` picks a backbone by the name a config gives.
 """
 
@@ -17,6 +22,8 @@ import functools
 import os
 
 import keras
+
+from chestxray_tf.models.blur_pool import BlurPool2D
 
 # Keras' ResNet-v2 batch-norm epsilon (keras.applications.resnet), kept for weight transfer.
 _BN_EPSILON = 1.001e-5
@@ -45,12 +52,23 @@ def _bn_relu(x, name):
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def residual_block_v2(x, filters, *, stride, conv_shortcut, name, kernel_regularizer):
-    """Pre-activation bottleneck block (1x1 -> 3x3 with `stride` -> 1x1 with 4x `filters`)."""
+def residual_block_v2(x, filters, *, stride, conv_shortcut, name, kernel_regularizer,
+                      blur_size=None):
+    """Pre-activation bottleneck block (1x1 -> 3x3 with `stride` -> 1x1 with 4x `filters`).
+
+    With `blur_size` and stride 2 (anti-aliasing, Zhang 2019 / brief §3.2): the 3x3 conv has
+    stride 1 and `{name}_2_blur` follows its ReLU; the subsampled identity shortcut
+    (`{name}_0_pool`) becomes `{name}_0_blur`; a projection shortcut blurs before its 1x1 conv.
+    """
     preact = _bn_relu(x, f"{name}_preact")
+    blur = blur_size is not None and stride > 1
+    conv_stride = 1 if blur else stride
     if conv_shortcut:
+        source = BlurPool2D(blur_size, name=f"{name}_0_blur")(preact) if blur else preact
         shortcut = _conv(4 * filters, 1, f"{name}_0_conv", kernel_regularizer,
-                         strides=stride)(preact)
+                         strides=conv_stride)(source)
+    elif blur:
+        shortcut = BlurPool2D(blur_size, name=f"{name}_0_blur")(x)
     elif stride > 1:
         shortcut = keras.layers.MaxPooling2D(1, strides=stride, name=f"{name}_0_pool")(x)
     else:
@@ -58,25 +76,28 @@ def residual_block_v2(x, filters, *, stride, conv_shortcut, name, kernel_regular
     x = _conv(filters, 1, f"{name}_1_conv", kernel_regularizer, use_bias=False)(preact)
     x = _bn_relu(x, f"{name}_1")
     x = keras.layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name=f"{name}_2_pad")(x)
-    x = _conv(filters, 3, f"{name}_2_conv", kernel_regularizer, strides=stride,
+    x = _conv(filters, 3, f"{name}_2_conv", kernel_regularizer, strides=conv_stride,
               use_bias=False)(x)
     x = _bn_relu(x, f"{name}_2")
+    if blur:
+        x = BlurPool2D(blur_size, name=f"{name}_2_blur")(x)
     x = _conv(4 * filters, 1, f"{name}_3_conv", kernel_regularizer)(x)
     return keras.layers.Add(name=f"{name}_out")([shortcut, x])
 
 
-def residual_stage_v2(x, filters, blocks, *, stride, name, kernel_regularizer):
+def residual_stage_v2(x, filters, blocks, *, stride, name, kernel_regularizer, blur_size=None):
     """`blocks` blocks: the first projects the shortcut, the last one strides."""
     for index in range(1, blocks + 1):
         x = residual_block_v2(x, filters, stride=stride if index == blocks else 1,
                               conv_shortcut=index == 1, name=f"{name}_block{index}",
-                              kernel_regularizer=kernel_regularizer)
+                              kernel_regularizer=kernel_regularizer, blur_size=blur_size)
     return x
 
 
 def resnet_v2(input_shape=(512, 512, 3), *, weights=None, stem_width=64,
               widths=RESNET_V2_50["widths"], blocks=RESNET_V2_50["blocks"],
-              kernel_regularizer=None, name="resnet_v2_50"):
+              kernel_regularizer=None, antialias=False, blur_size=3, blur_stem_conv=False,
+              name="resnet_v2_50"):
     """Pre-activation ResNet without pooling/classifier: [B, h, w, 3] -> [B, h/32, w/32, C].
 
     Args:
@@ -90,6 +111,13 @@ def resnet_v2(input_shape=(512, 512, 3), *, weights=None, stem_width=64,
         widths: bottleneck widths of stages conv2..conv5 (output channels are 4x these).
         blocks: number of residual blocks of stages conv2..conv5.
         kernel_regularizer: regulariser of every convolution kernel (e.g. keras.regularizers.L2).
+        antialias: Rozenberg et al. 2019's anti-aliased backbone (Zhang 2019): the stem
+            max-pool gets stride 1 + `pool1_blur`, and the last blocks of conv2..conv4 blur
+            instead of striding (see `residual_block_v2`). Same weighted layers and names.
+        blur_size: side of the binomial blur filter when `antialias` (3: [1, 2, 1]).
+        blur_stem_conv: with `antialias`, also turn the 7x7/2 stem conv into 7x7/1 +
+            `conv1_blur` (the paper's literal "every downsampling"; Zhang's code leaves it
+            strided by default, as here).
         name: model name.
 
     Returns:
@@ -99,14 +127,22 @@ def resnet_v2(input_shape=(512, 512, 3), *, weights=None, stem_width=64,
     if len(widths) != len(_STAGE_STRIDES) or len(blocks) != len(_STAGE_STRIDES):
         raise ValueError(f"widths and blocks need one entry per stage conv2..conv5, got "
                          f"widths={widths}, blocks={blocks}")
+    if blur_stem_conv and not antialias:
+        raise ValueError("blur_stem_conv=True needs antialias=True")
+    blur_size = blur_size if antialias else None
     image = keras.Input(shape=input_shape, name="image")
     x = keras.layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(image)
-    x = _conv(stem_width, 7, "conv1_conv", kernel_regularizer, strides=2)(x)
+    x = _conv(stem_width, 7, "conv1_conv", kernel_regularizer,
+              strides=1 if blur_stem_conv else 2)(x)
+    if blur_stem_conv:
+        x = BlurPool2D(blur_size, name="conv1_blur")(x)
     x = keras.layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    x = keras.layers.MaxPooling2D(3, strides=1 if antialias else 2, name="pool1_pool")(x)
+    if antialias:
+        x = BlurPool2D(blur_size, name="pool1_blur")(x)
     for stage, (width, num_blocks, stride) in enumerate(zip(widths, blocks, _STAGE_STRIDES)):
         x = residual_stage_v2(x, width, num_blocks, stride=stride, name=f"conv{stage + 2}",
-                              kernel_regularizer=kernel_regularizer)
+                              kernel_regularizer=kernel_regularizer, blur_size=blur_size)
     features = _bn_relu(x, "post")
     model = keras.Model(image, features, name=name)
     _load_weights(model, weights, {"stem_width": stem_width, "widths": tuple(widths),
