@@ -4,4 +4,5 @@ Importing the package registers its Keras-serialisable layers, so `keras.saving.
 can read a saved `.keras` model after `import chestxray_tf.models`.
 """
 
-from chestxray_tf.models import layers, li2018  # noqa: F401  (registers the custom layers)
+# Importing the modules registers their custom layers.
+from chestxray_tf.models import layers, li2018, rozenberg2019  # noqa: F401
