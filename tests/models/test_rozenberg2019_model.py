@@ -83,3 +83,10 @@ def test_keras_round_trip(model, image, tmp_path):
     for key in expected:
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got["thresholds"][0], np.full((4, 3), 0.25))
+
+
+def test_crf_part_has_the_briefs_parameter_count_at_full_width():
+    """P = 20, K = 14, window 19, widths (32, 14): W 70,756 + w_u 1 + branch 5,126 (§3.3)."""
+    full = build_rozenberg2019(image_size=64, backbone="resnet_v2_tiny", head_width=8)
+    assert sum(layer.count_params() for layer in crf_layers(full)) == 75_883
+    assert full.output["z"].shape[1:] == (20, 20, 14)
