@@ -53,6 +53,11 @@ class BlurPool2D(keras.layers.Layer):
         channels = input_shape[-1]
         if channels is None:
             raise ValueError(f"BlurPool2D needs a static channel count, got {input_shape}")
+        smallest = self._padding[1][1] + 1  # reflect padding by p needs p + 1 pixels
+        if any(size is not None and size < smallest for size in input_shape[1:3]):
+            raise ValueError(f"BlurPool2D(blur_size={self.blur_size}) needs spatial sizes >= "
+                             f"{smallest} for its reflect padding, got input shape "
+                             f"{tuple(input_shape)}")
         # Depthwise kernel [s, s, C, 1]: the same filter for every channel.
         self._kernel = np.tile(self._kernel_2d[:, :, None, None], (1, 1, channels, 1))
 

@@ -97,3 +97,6 @@ def test_no_weights_serialisable_and_bad_arguments():
         BlurPool2D(0)
     with pytest.raises(ValueError, match="strides must be a positive integer, got 0"):
         BlurPool2D(3, strides=0)
+    with pytest.raises(ValueError, match=r"needs spatial sizes >= 2 .* \(None, 1, 4, 3\)"):
+        BlurPool2D(3).build((None, 1, 4, 3))
+    assert BlurPool2D(1)(np.ones((1, 1, 1, 2), np.float32)).shape == (1, 1, 1, 2)
