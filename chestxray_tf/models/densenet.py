@@ -24,7 +24,7 @@ import functools
 
 import keras
 
-from chestxray_tf.models.backbones import _bn_relu, _conv, _copy_weights_by_name, _load_weights
+from chestxray_tf.models.resnet_v2 import _bn_relu, _conv, _copy_weights_by_name, _load_weights
 
 # Keras' DenseNet batch-norm epsilon (keras.applications.densenet), kept for weight transfer.
 _BN_EPSILON = 1.001e-5
@@ -34,7 +34,7 @@ _REDUCTION = 0.5
 # Conv blocks of dense blocks 1..4, growth rate k, filters of the stem convolution.
 DENSENET_121 = {"blocks": (6, 12, 24, 16), "growth_rate": 32, "stem_width": 64}
 # The tiny stem is 16 wide, not 8: an 8-channel stride-2 convolution corrupted the heap in
-# oneDNN on CPU with odd batch sizes (see backbones.RESNET_V2_TINY). Its only strided
+# oneDNN on CPU with odd batch sizes (see resnet_v2.RESNET_V2_TINY). Its only strided
 # convolution is the stem (transitions pool, they do not stride).
 DENSENET_TINY = {"blocks": (1, 1, 1, 1), "growth_rate": 8, "stem_width": 16}
 

@@ -38,6 +38,19 @@ class ImageProbs(keras.layers.Layer):
         return {**super().get_config(), "smoothing": self.smoothing}
 
 
+def recognition_head(features, *, grid, num_classes, head_width, regularizer):
+    """Patch slicing and the recognition network (Sec. 3.1): features [B, h', w', C] ->
+    PatchSlicing(P) -> Conv3x3(c*) -> BN -> ReLU -> Conv1x1(K) = patch logits [B, P, P, K]."""
+    x = PatchSlicing(grid, name="patch_slicing")(features)
+    # The 3x3 convolution feeds batch norm, whose offset makes a bias redundant.
+    x = keras.layers.Conv2D(head_width, 3, padding="same", use_bias=False,
+                            kernel_regularizer=regularizer, name="head_conv")(x)
+    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.Activation("relu", name="head_relu")(x)
+    return keras.layers.Conv2D(num_classes, 1, kernel_regularizer=regularizer,
+                               name="patch_logits")(x)
+
+
 def build_li2018(*, image_size=512, grid=16, num_classes=NUM_CLASSES, backbone="resnet_v2_50",
                  weights=None, head_width=512, weight_decay=DEFAULT_WEIGHT_DECAY,
                  smoothing=0.98, name="li2018"):
@@ -50,7 +63,7 @@ def build_li2018(*, image_size=512, grid=16, num_classes=NUM_CLASSES, backbone="
         backbone: a name of `chestxray_tf.models.backbones.BACKBONES` ("resnet_v2_50" in the
             paper; "resnet_v2_tiny" for tests and the demo).
         weights: initial backbone weights: None, "imagenet" or a local weights file (see
-            `chestxray_tf.models.backbones.resnet_v2`); the head starts from Keras' default
+            `chestxray_tf.models.resnet_v2.resnet_v2`); the head starts from Keras' default
             initialisers.
         head_width: channels c* of the 3x3 convolution of the recognition network (512).
         weight_decay: L2 factor on every convolution kernel (backbone and head); the paper
@@ -67,14 +80,8 @@ def build_li2018(*, image_size=512, grid=16, num_classes=NUM_CLASSES, backbone="
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
     features = build_backbone(backbone, input_shape=(image_size, image_size, 3),
                               weights=weights, kernel_regularizer=regularizer)(image)
-    x = PatchSlicing(grid, name="patch_slicing")(features)
-    # The 3x3 convolution feeds batch norm, whose offset makes a bias redundant.
-    x = keras.layers.Conv2D(head_width, 3, padding="same", use_bias=False,
-                            kernel_regularizer=regularizer, name="head_conv")(x)
-    x = keras.layers.BatchNormalization(name="head_bn")(x)
-    x = keras.layers.Activation("relu", name="head_relu")(x)
-    logits = keras.layers.Conv2D(num_classes, 1, kernel_regularizer=regularizer,
-                                 name="patch_logits")(x)
+    logits = recognition_head(features, grid=grid, num_classes=num_classes,
+                              head_width=head_width, regularizer=regularizer)
     patch_probs = keras.layers.Activation("sigmoid", dtype="float32", name="patch_probs")(logits)
     image_probs = ImageProbs(smoothing, dtype="float32", name="image_probs")(patch_probs)
     return keras.Model(image, {"patch_probs": patch_probs, "image_probs": image_probs},

@@ -23,7 +23,7 @@ import os
 
 import keras
 
-from chestxray_tf.models.backbones import (_BN_EPSILON, WEIGHT_FILE_SUFFIXES,
+from chestxray_tf.models.resnet_v2 import (_BN_EPSILON, WEIGHT_FILE_SUFFIXES,
                                            _copy_weights_by_name)
 
 BLOCK_TYPES = ("basic", "bottleneck")
