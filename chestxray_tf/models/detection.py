@@ -22,6 +22,7 @@ import tensorflow as tf
 
 # Faster R-CNN's bound on the log scale deltas (torchvision BoxCoder: log(1000 / 16)).
 MAX_LOG_SCALE = math.log(1000.0 / 16)
+SAMPLERS = ("crop_and_resize", "gather")
 
 
 def _batch_boxes(boxes, batch_size):
@@ -35,7 +36,37 @@ def _batch_boxes(boxes, batch_size):
     return boxes
 
 
-def _sample_boxes(features, starts, extents, samples):
+def _check_sampler(sampler):
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
+def _gather_bilinear(padded, first, last, samples):
+    """Bilinear samples of `padded` [B, H, W, C] on the samples x samples grid from `first` to
+    `last` ([B, N, 2] padded index coordinates); 0 outside [0, H - 1] x [0, W - 1]."""
+    height, width = padded.shape[1], padded.shape[2]
+    fraction = tf.range(samples, dtype=tf.float32) / max(samples - 1, 1)
+    coords = first[..., None] + (last - first)[..., None] * fraction  # [B, N, 2, n]
+    ys, xs = coords[:, :, 0], coords[:, :, 1]  # [B, N, n]
+    y0, x0 = tf.floor(ys), tf.floor(xs)
+    wy, wx = ys - y0, xs - x0
+    valid_y = tf.cast((ys >= 0) & (ys <= height - 1), tf.float32)
+    valid_x = tf.cast((xs >= 0) & (xs <= width - 1), tf.float32)
+    grid = tf.concat([tf.shape(ys), [samples]], 0)  # [B, N, n, n]
+    total = 0.0
+    for dy, weight_y in ((0, 1 - wy), (1, wy)):
+        rows = tf.clip_by_value(tf.cast(y0, tf.int32) + dy, 0, height - 1)
+        for dx, weight_x in ((0, 1 - wx), (1, wx)):
+            cols = tf.clip_by_value(tf.cast(x0, tf.int32) + dx, 0, width - 1)
+            index = tf.stack([tf.broadcast_to(rows[..., :, None], grid),
+                              tf.broadcast_to(cols[..., None, :], grid)], -1)
+            values = tf.gather_nd(padded, index, batch_dims=1)  # [B, N, n, n, C]
+            weight = (weight_y * valid_y)[..., :, None] * (weight_x * valid_x)[..., None, :]
+            total += values * weight[..., None]
+    return total
+
+
+def _sample_boxes(features, starts, extents, samples, sampler="crop_and_resize"):
     """Samples each box of `features` on a samples x samples grid of bin centres, bilinearly.
 
     Args:
@@ -44,6 +75,7 @@ def _sample_boxes(features, starts, extents, samples):
         extents: [B, N, 2] box height and width in map cells.
         samples: n, the number of sample points per side; sample i sits at
             start + (i + 0.5) extent / n.
+        sampler: "crop_and_resize" or "gather" (XLA-compatible), the same values.
 
     Returns:
         [B, N, n, n, C] float32 (see the module docstring for the border rule).
@@ -57,9 +89,11 @@ def _sample_boxes(features, starts, extents, samples):
     step = extents / samples
     first = starts + step / 2 + 1.0  # + 1: the padding row / column
     last = starts + extents - step / 2 + 1.0
+    padded = tf.pad(features, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    if sampler == "gather":
+        return _gather_bilinear(padded, first, last, samples)
     norm = tf.constant([height + 1.0, width + 1.0])
     crop_boxes = tf.concat([first / norm, last / norm], axis=-1)  # y1, x1, y2, x2
-    padded = tf.pad(features, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
     box_indices = tf.repeat(tf.range(batch_size), num_boxes)
     crops = tf.image.crop_and_resize(padded, tf.reshape(crop_boxes, [-1, 4]), box_indices,
                                      [samples, samples], method="bilinear",
@@ -67,7 +101,8 @@ def _sample_boxes(features, starts, extents, samples):
     return tf.reshape(crops, [batch_size, num_boxes, samples, samples, channels])
 
 
-def roi_align(features, boxes, *, image_size, output_size=5, sampling_ratio=2):
+def roi_align(features, boxes, *, image_size, output_size=5, sampling_ratio=2,
+              sampler="crop_and_resize"):
     """RoIAlign (He et al. 2017, Mask R-CNN; torchvision `roi_align` with aligned=False, the
     settings of Hermoza et al.'s code: 5 x 5 bins, 2 x 2 samples per bin).
 
@@ -82,6 +117,7 @@ def roi_align(features, boxes, *, image_size, output_size=5, sampling_ratio=2):
         image_size: S, the side of the image the boxes are in.
         output_size: bins per side (5).
         sampling_ratio: samples per bin and side (2).
+        sampler: "crop_and_resize" or "gather" (XLA / TPU).
 
     Returns:
         float32 [B, N, output_size, output_size, C].
@@ -89,20 +125,21 @@ def roi_align(features, boxes, *, image_size, output_size=5, sampling_ratio=2):
     for name, value in (("output_size", output_size), ("sampling_ratio", sampling_ratio)):
         if int(value) != value or value < 1:
             raise ValueError(f"roi_align {name} must be a positive integer, got {value!r}")
+    _check_sampler(sampler)
     if features.shape[1] != features.shape[2]:
         raise ValueError(f"roi_align expects a square map, got features of shape {features.shape}")
     boxes = _batch_boxes(boxes, tf.shape(features)[0])
     scale = features.shape[1] / image_size
     starts = boxes[..., :2] * scale
     extents = tf.maximum((boxes[..., 2:] - boxes[..., :2]) * scale, 1.0)
-    samples = _sample_boxes(features, starts, extents, output_size * sampling_ratio)
+    samples = _sample_boxes(features, starts, extents, output_size * sampling_ratio, sampler)
     shape = tf.shape(samples)
     bins = tf.reshape(samples, [shape[0], shape[1], output_size, sampling_ratio, output_size,
                                 sampling_ratio, shape[4]])
     return tf.reduce_mean(bins, axis=[3, 5])
 
 
-def crop_boxes(images, boxes, crop_size):
+def crop_boxes(images, boxes, crop_size, sampler="crop_and_resize"):
     """Differentiable bilinear crops of boxes of the images, resized to crop_size x crop_size
     (Hermoza et al. 2020, Sec. 3.2: the picked box b~_k "is used to crop the input image x").
 
@@ -114,15 +151,17 @@ def crop_boxes(images, boxes, crop_size):
         images: [B, S, S, C].
         boxes: [B, K, 4] (y1, x1, y2, x2) in pixels of the image.
         crop_size: output side.
+        sampler: "crop_and_resize" or "gather" (XLA / TPU).
 
     Returns:
         float32 [B, K, crop_size, crop_size, C].
     """
     if int(crop_size) != crop_size or crop_size < 1:
         raise ValueError(f"crop_size must be a positive integer, got {crop_size!r}")
+    _check_sampler(sampler)
     boxes = _batch_boxes(boxes, tf.shape(images)[0])
     return _sample_boxes(images, boxes[..., :2] - 0.5, boxes[..., 2:] - boxes[..., :2],
-                         int(crop_size))
+                         int(crop_size), sampler)
 
 
 def decode_boxes(deltas, anchors, image_size, max_log_scale=MAX_LOG_SCALE):

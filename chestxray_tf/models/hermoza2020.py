@@ -184,7 +184,7 @@ def _crop_classifier(crops, crop_backbone, num_classes, hidden, negative_slope, 
 def build_detection_module(*, image_size, num_classes, class_features_shape, x_fpn_shape,
                            crop_backbone, roi_features="per_class", filters=64, crop_size=64,
                            crop_hidden=512, dropout=0.5, negative_slope=None, tau=1.0, seed=None,
-                           name="detection"):
+                           sampler="crop_and_resize", name="detection"):
     """The detection module as a `keras.Model` named `name` (Sec. 3.2, Fig. 1 b).
 
     Inputs {"image" [B, S, S, 3], "class_features" [B, m, m, K, D], "saliency_logits"
@@ -196,7 +196,8 @@ def build_detection_module(*, image_size, num_classes, class_features_shape, x_f
               "class_features": keras.Input(class_features_shape, name="class_features"),
               "saliency_logits": keras.Input((size, size, num_classes), name="saliency_logits"),
               "x_fpn": keras.Input(x_fpn_shape, name="x_fpn")}
-    roi_layer = ProposalFeatures(image_size, roi_features, name="proposal_features")
+    roi_layer = ProposalFeatures(image_size, roi_features, sampler=sampler,
+                                 name="proposal_features")
     if roi_features == "x_fpn":
         rois = roi_layer(inputs["x_fpn"])
     else:
@@ -205,7 +206,7 @@ def build_detection_module(*, image_size, num_classes, class_features_shape, x_f
     boxes = RefineBoxes(image_size, name="boxes")(deltas)
     selection = GumbelPick(tau=tau, seed=seed, name="gumbel_pick")(confidences)
     picked = SelectBoxes(name="picked_boxes")([selection, boxes])
-    crops = CropBoxes(crop_size, name="crops")([inputs["image"], picked])
+    crops = CropBoxes(crop_size, sampler, name="crops")([inputs["image"], picked])
     crop_logits = _crop_classifier(crops, crop_backbone, num_classes, crop_hidden,
                                    negative_slope, dropout)
     return keras.Model(inputs, {"confidences": confidences, "boxes": boxes,
@@ -216,7 +217,7 @@ def build_hermoza2020(*, image_size=512, num_classes=NUM_CLASSES, backbone, crop
                       width=256, class_width=128, roi_features="per_class", det_filters=64,
                       crop_size=64, crop_hidden=512, dropout=0.5, leaky_scope="pretrained",
                       crop_residual=False, map_resolution="saliency", confidence="raw", tau=1.0,
-                      seed=None, name="hermoza2020"):
+                      seed=None, sampler="crop_and_resize", name="hermoza2020"):
     """Builds the Hermoza et al. 2020 model (outputs: see the module docstring).
 
     Args:
@@ -236,6 +237,8 @@ def build_hermoza2020(*, image_size=512, num_classes=NUM_CLASSES, backbone, crop
         confidence: weights of x_RPN, "raw" c (code) or "softmax" over the proposals.
         tau: initial Gumbel temperature (the non-trainable weight of layer "gumbel_pick" inside
             the sub-model "detection"). seed: Gumbel noise seed.
+        sampler: bilinear sampling of RoIAlign and the crops, "crop_and_resize" (CPU / GPU) or
+            "gather" (the same values, XLA-compatible: `jit_compile`, TPU).
     """
     _check_choice("leaky_scope", leaky_scope, LEAKY_SCOPES)
     _check_choice("map_resolution", map_resolution, MAP_RESOLUTIONS)
@@ -255,7 +258,8 @@ def build_hermoza2020(*, image_size=512, num_classes=NUM_CLASSES, backbone, crop
         x_fpn_shape=tuple(cls["x_fpn"].shape[1:]), crop_backbone=crop_backbone,
         roi_features=roi_features, filters=det_filters, crop_size=crop_size,
         crop_hidden=crop_hidden, dropout=dropout,
-        negative_slope=LEAKY_SLOPE if leaky_scope == "all" else None, tau=tau, seed=seed)
+        negative_slope=LEAKY_SLOPE if leaky_scope == "all" else None, tau=tau, seed=seed,
+        sampler=sampler)
     det = detection({"image": image, "class_features": cls["class_features"],
                      "saliency_logits": cls["saliency_logits"], "x_fpn": cls["x_fpn"]})
     crop_logits = det["crop_logits"]

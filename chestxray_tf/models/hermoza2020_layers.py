@@ -37,9 +37,11 @@ class ProposalFeatures(keras.layers.Layer):
     """
 
     def __init__(self, image_size, roi_features="per_class", output_size=5, sampling_ratio=2,
-                 detach_gate=True, **kwargs):
+                 detach_gate=True, sampler="crop_and_resize", **kwargs):
         super().__init__(**kwargs)
         _check_choice("roi_features", roi_features, ROI_FEATURES)
+        _check_choice("sampler", sampler, detection.SAMPLERS)
+        self.sampler = sampler
         self.image_size = int(image_size)
         self.roi_features = roi_features
         self.output_size = int(output_size)
@@ -49,7 +51,7 @@ class ProposalFeatures(keras.layers.Layer):
     def _align(self, features):
         return detection.roi_align(features, proposal_boxes(self.image_size),
                                    image_size=self.image_size, output_size=self.output_size,
-                                   sampling_ratio=self.sampling_ratio)
+                                   sampling_ratio=self.sampling_ratio, sampler=self.sampler)
 
     def call(self, inputs):
         if self.roi_features == "x_fpn":
@@ -70,7 +72,8 @@ class ProposalFeatures(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "image_size": self.image_size,
                 "roi_features": self.roi_features, "output_size": self.output_size,
-                "sampling_ratio": self.sampling_ratio, "detach_gate": self.detach_gate}
+                "sampling_ratio": self.sampling_ratio, "detach_gate": self.detach_gate,
+                "sampler": self.sampler}
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
@@ -103,16 +106,18 @@ class SelectBoxes(keras.layers.Layer):
 class CropBoxes(keras.layers.Layer):
     """(image [B, S, S, C], boxes [B, K, 4]) -> [B, K, crop, crop, C] (`detection.crop_boxes`)."""
 
-    def __init__(self, crop_size, **kwargs):
+    def __init__(self, crop_size, sampler="crop_and_resize", **kwargs):
         super().__init__(**kwargs)
+        _check_choice("sampler", sampler, detection.SAMPLERS)
         self.crop_size = int(crop_size)
+        self.sampler = sampler
 
     def call(self, inputs):
         images, boxes = inputs
-        return detection.crop_boxes(images, boxes, self.crop_size)
+        return detection.crop_boxes(images, boxes, self.crop_size, self.sampler)
 
     def get_config(self):
-        return {**super().get_config(), "crop_size": self.crop_size}
+        return {**super().get_config(), "crop_size": self.crop_size, "sampler": self.sampler}
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
