@@ -1,5 +1,5 @@
-"""Detection building blocks on fixed proposals: RoIAlign, box decoding, bilinear crops of boxes,
-and rasterising weighted boxes into a map (Hermoza et al. 2020, Sec. 3.2; the operators they
+"""Detection building blocks on fixed proposals: RoIAlign, box decoding, bilinear and Gaussian
+"glimpse" crops of boxes, and rasterising weighted boxes into a map (Hermoza et al. 2020, Sec. 3.2; the operators they
 take from Mask R-CNN and Faster R-CNN).
 
 Boxes are (y1, x1, y2, x2) in pixels of the input image (a pixel i covers [i, i + 1)), the order
@@ -215,3 +215,39 @@ def rasterize_boxes(boxes, weights, image_size, map_size):
     inside_y = tf.cast((boxes[..., 0:1] <= cells) & (cells < boxes[..., 2:3]), tf.float32)
     inside_x = tf.cast((boxes[..., 1:2] <= cells) & (cells < boxes[..., 3:4]), tf.float32)
     return tf.einsum("bnk,bnky,bnkx->byxk", tf.cast(weights, tf.float32), inside_y, inside_x)
+
+
+def glimpse_boxes(images, boxes, crop_size, variance=1.0):
+    """Differentiable Gaussian "glimpse" crops of boxes (DRAW-style filterbanks), the crop of
+    Hermoza et al.'s released code (`crop_ops._get_va_crop`).
+
+    Per axis, for a box of centre c and size w (pixels) in an image of side S: centre
+    g^ = (S + 1) c / S, stride d = (S - 1) / (n - 1) * w / S, filter centres
+    mu_i = g^ + (i - n/2 - 0.5) d (i = 0..n-1), filters F[i, a] = exp(-(a - mu_i)^2 / (2 variance))
+    normalised over a; crop = F_y x F_x^T per channel.
+
+    Args:
+        images: [B, S, S, C] (square).
+        boxes: [B, K, 4] (y1, x1, y2, x2) pixels.
+        crop_size: n. variance: sigma^2 in pixels^2 (1).
+
+    Returns:
+        float32 [B, K, n, n, C].
+    """
+    if int(crop_size) != crop_size or crop_size < 2:
+        raise ValueError(f"glimpse crop_size must be an integer >= 2, got {crop_size!r}")
+    images = tf.cast(images, tf.float32)
+    size = images.shape[1]
+    if size is None or images.shape[2] != size:
+        raise ValueError(f"glimpse_boxes needs static square images, got {images.shape}")
+    boxes = tf.cast(boxes, tf.float32)
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # [B, K, 2]
+    extent = boxes[..., 2:] - boxes[..., :2]
+    g_hat = (size + 1) * centre / size
+    stride = (size - 1) / (crop_size - 1) * extent / size
+    offsets = tf.range(crop_size, dtype=tf.float32) - crop_size / 2 - 0.5
+    mu = g_hat[..., None] + offsets * stride[..., None]  # [B, K, 2, n]
+    pixels = tf.range(size, dtype=tf.float32)
+    filters = tf.exp(-(pixels - mu[..., None]) ** 2 / (2 * variance))  # [B, K, 2, n, S]
+    filters = filters / tf.maximum(tf.reduce_sum(filters, -1, keepdims=True), 1e-8)
+    return tf.einsum("bkia,badc,bkjd->bkijc", filters[:, :, 0], images, filters[:, :, 1])

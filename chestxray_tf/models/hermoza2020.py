@@ -184,7 +184,7 @@ def _crop_classifier(crops, crop_backbone, num_classes, hidden, negative_slope, 
 def build_detection_module(*, image_size, num_classes, class_features_shape, x_fpn_shape,
                            crop_backbone, roi_features="per_class", filters=64, crop_size=64,
                            crop_hidden=512, dropout=0.5, negative_slope=None, tau=1.0, seed=None,
-                           sampler="crop_and_resize", name="detection"):
+                           sampler="crop_and_resize", crop="bilinear", name="detection"):
     """The detection module as a `keras.Model` named `name` (Sec. 3.2, Fig. 1 b).
 
     Inputs {"image" [B, S, S, 3], "class_features" [B, m, m, K, D], "saliency_logits"
@@ -206,7 +206,7 @@ def build_detection_module(*, image_size, num_classes, class_features_shape, x_f
     boxes = RefineBoxes(image_size, name="boxes")(deltas)
     selection = GumbelPick(tau=tau, seed=seed, name="gumbel_pick")(confidences)
     picked = SelectBoxes(name="picked_boxes")([selection, boxes])
-    crops = CropBoxes(crop_size, sampler, name="crops")([inputs["image"], picked])
+    crops = CropBoxes(crop_size, sampler, crop, name="crops")([inputs["image"], picked])
     crop_logits = _crop_classifier(crops, crop_backbone, num_classes, crop_hidden,
                                    negative_slope, dropout)
     return keras.Model(inputs, {"confidences": confidences, "boxes": boxes,
@@ -217,7 +217,7 @@ def build_hermoza2020(*, image_size=512, num_classes=NUM_CLASSES, backbone, crop
                       width=256, class_width=128, roi_features="per_class", det_filters=64,
                       crop_size=64, crop_hidden=512, dropout=0.5, leaky_scope="pretrained",
                       crop_residual=False, map_resolution="saliency", confidence="raw", tau=1.0,
-                      seed=None, sampler="crop_and_resize", name="hermoza2020"):
+                      seed=None, sampler="crop_and_resize", crop="bilinear", name="hermoza2020"):
     """Builds the Hermoza et al. 2020 model (outputs: see the module docstring).
 
     Args:
@@ -239,6 +239,8 @@ def build_hermoza2020(*, image_size=512, num_classes=NUM_CLASSES, backbone, crop
             the sub-model "detection"). seed: Gumbel noise seed.
         sampler: bilinear sampling of RoIAlign and the crops, "crop_and_resize" (CPU / GPU) or
             "gather" (the same values, XLA-compatible: `jit_compile`, TPU).
+        crop: "bilinear" (crop_and_resize of the picked box) or "glimpse" (the authors' Gaussian
+            filterbank crop, sigma^2 = 1 px^2).
     """
     _check_choice("leaky_scope", leaky_scope, LEAKY_SCOPES)
     _check_choice("map_resolution", map_resolution, MAP_RESOLUTIONS)
@@ -259,7 +261,7 @@ def build_hermoza2020(*, image_size=512, num_classes=NUM_CLASSES, backbone, crop
         roi_features=roi_features, filters=det_filters, crop_size=crop_size,
         crop_hidden=crop_hidden, dropout=dropout,
         negative_slope=LEAKY_SLOPE if leaky_scope == "all" else None, tau=tau, seed=seed,
-        sampler=sampler)
+        sampler=sampler, crop=crop)
     det = detection({"image": image, "class_features": cls["class_features"],
                      "saliency_logits": cls["saliency_logits"], "x_fpn": cls["x_fpn"]})
     crop_logits = det["crop_logits"]

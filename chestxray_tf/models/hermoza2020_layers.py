@@ -18,6 +18,7 @@ from chestxray_tf.models.gumbel import select
 from chestxray_tf.models.proposals import proposal_boxes
 
 ROI_FEATURES = ("per_class", "x_fpn")
+CROPS = ("bilinear", "glimpse")
 CONFIDENCE_WEIGHTS = ("raw", "softmax")
 
 
@@ -104,20 +105,26 @@ class SelectBoxes(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
 class CropBoxes(keras.layers.Layer):
-    """(image [B, S, S, C], boxes [B, K, 4]) -> [B, K, crop, crop, C] (`detection.crop_boxes`)."""
+    """(image [B, S, S, C], boxes [B, K, 4]) -> [B, K, crop, crop, C]: "bilinear"
+    (`detection.crop_boxes`) or "glimpse" (`detection.glimpse_boxes`, the authors' code)."""
 
-    def __init__(self, crop_size, sampler="crop_and_resize", **kwargs):
+    def __init__(self, crop_size, sampler="crop_and_resize", crop="bilinear", **kwargs):
         super().__init__(**kwargs)
         _check_choice("sampler", sampler, detection.SAMPLERS)
+        _check_choice("crop", crop, CROPS)
         self.crop_size = int(crop_size)
         self.sampler = sampler
+        self.crop = crop
 
     def call(self, inputs):
         images, boxes = inputs
+        if self.crop == "glimpse":
+            return detection.glimpse_boxes(images, boxes, self.crop_size)
         return detection.crop_boxes(images, boxes, self.crop_size, self.sampler)
 
     def get_config(self):
-        return {**super().get_config(), "crop_size": self.crop_size, "sampler": self.sampler}
+        return {**super().get_config(), "crop_size": self.crop_size, "sampler": self.sampler,
+                "crop": self.crop}
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")

@@ -165,6 +165,45 @@ def test_crop_boxes_matches_reference_and_has_box_gradients(sampler):
     assert np.all(np.isfinite(grad)) and np.all(np.abs(grad[:, 1:]).sum(axis=-1) > 0)
 
 
+def reference_glimpse(image, box, n, variance=1.0):
+    """Loop port of the authors' `_get_va_locs` + `_get_va_crop` (x1, y1, x2, y2 from ours)."""
+    size = image.shape[0]
+    y1, x1, y2, x2 = (float(v) / size for v in box)
+    w, h = x2 - x1, y2 - y1
+    gx, gy = (x1 + w / 2) * 2 - 1, (y1 + h / 2) * 2 - 1
+    ggx, ggy = (size + 1) / 2 * (gx + 1), (size + 1) / 2 * (gy + 1)
+    sx, sy = (size - 1) / (n - 1) * w, (size - 1) / (n - 1) * h
+    fx, fy = np.zeros((n, size)), np.zeros((n, size))
+    for i in range(n):
+        for a in range(size):
+            fx[i, a] = math.exp(-(a - (ggx + (i - n / 2 - 0.5) * sx)) ** 2 / (2 * variance))
+            fy[i, a] = math.exp(-(a - (ggy + (i - n / 2 - 0.5) * sy)) ** 2 / (2 * variance))
+        fx[i] /= max(fx[i].sum(), 1e-8)
+        fy[i] /= max(fy[i].sum(), 1e-8)
+    out = np.zeros((n, n, image.shape[2]))
+    for c in range(image.shape[2]):
+        out[:, :, c] = fy @ image[:, :, c] @ fx.T
+    return out
+
+
+def test_glimpse_matches_authors_crop_and_moves_with_the_box():
+    rng = np.random.default_rng(7)
+    images = rng.normal(size=(2, 16, 16, 2)).astype(np.float32)
+    boxes = np.array([[[0, 0, 16, 16], [2, 3, 9, 14]], [[4, 4, 6, 6], [0, 8, 16, 16]]],
+                     np.float32)
+    crops = detection.glimpse_boxes(images, boxes, 5).numpy()
+    assert crops.shape == (2, 2, 5, 5, 2)
+    for b in range(2):
+        for k in range(2):
+            np.testing.assert_allclose(crops[b, k], reference_glimpse(images[b], boxes[b, k], 5),
+                                       atol=1e-5)
+    box_var = tf.Variable(boxes)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(detection.glimpse_boxes(images, box_var, 5) * crops)
+    grad = tape.gradient(loss, box_var).numpy()
+    assert np.all(np.isfinite(grad)) and np.all(np.abs(grad).sum(axis=-1) > 0)
+
+
 def reference_decode(delta, anchor, size, clamp=math.log(1000 / 16)):
     y1, x1, y2, x2 = anchor
     h, w = y2 - y1, x2 - x1
@@ -227,5 +266,7 @@ def test_bad_arguments():
         detection.roi_align(features, [[0, 0, 1]], image_size=4)
     with pytest.raises(ValueError, match="sampler must be one of .* got 'nearest'"):
         detection.roi_align(features, [[0, 0, 1, 1]], image_size=4, sampler="nearest")
+    with pytest.raises(ValueError, match="glimpse crop_size must be an integer >= 2, got 1"):
+        detection.glimpse_boxes(features, [[[0, 0, 1, 1]]], 1)
     with pytest.raises(ValueError, match="crop_size must be a positive integer, got 2.5"):
         detection.crop_boxes(features, [[[0, 0, 1, 1]]], 2.5)

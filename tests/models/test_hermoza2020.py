@@ -190,7 +190,7 @@ def test_crop_residual_lets_the_crop_loss_reach_the_saliency(images):
 
 def test_options_build(images):
     out = tiny_model(roi_features="x_fpn", map_resolution="image", confidence="softmax",
-                     leaky_scope="all", sampler="gather")(images, training=True)
+                     leaky_scope="all", sampler="gather", crop="glimpse")(images, training=True)
     assert out["confidences"].shape == (2, 395, K) and out["fused_map"].shape == (2, 64, 64, K)
     rpn = out["rpn_map"].numpy()
     assert rpn.min() >= 0 and rpn.max() <= 1 + 1e-6
