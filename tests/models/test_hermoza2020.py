@@ -62,8 +62,9 @@ def nearest_up(x):
     return out
 
 
-def reference_head(taps, head, width, class_width):
-    """FPN (no 3x3 convs) + K separate branches BN-LeakyReLU-1x1-BN-LeakyReLU-1x1, inference."""
+def reference_head(taps, head, width, class_width, training=False):
+    """FPN (no 3x3 convs) + K separate branches BN-LeakyReLU-1x1-BN-LeakyReLU-1x1; BN with the
+    moving statistics, or with each branch's own batch statistics when `training`."""
     laterals = []
     for tap in TAPS:
         conv = head.get_layer(f"fpn_lateral_{tap}")
@@ -79,10 +80,12 @@ def reference_head(taps, head, width, class_width):
     features, logits = [], []
     for k in range(K):
         s1 = slice(k * width, (k + 1) * width)
-        x = leaky(g1[s1] * (top - m1[s1]) / np.sqrt(v1[s1] + bn1.epsilon) + b1[s1])
+        mean, var = (top.mean((0, 1, 2)), top.var((0, 1, 2))) if training else (m1[s1], v1[s1])
+        x = leaky(g1[s1] * (top - mean) / np.sqrt(var + bn1.epsilon) + b1[s1])
         f = conv1x1(x, k1[k])
         s2 = slice(k * class_width, (k + 1) * class_width)
-        x = leaky(g2[s2] * (f - m2[s2]) / np.sqrt(v2[s2] + bn2.epsilon) + b2[s2])
+        mean, var = (f.mean((0, 1, 2)), f.var((0, 1, 2))) if training else (m2[s2], v2[s2])
+        x = leaky(g2[s2] * (f - mean) / np.sqrt(var + bn2.epsilon) + b2[s2])
         features.append(f)
         logits.append(conv1x1(x, k2[k])[..., 0])
     return top, np.stack(features, axis=3), np.stack(logits, axis=-1)
@@ -103,6 +106,11 @@ def test_fpn_saliency_head_matches_separate_branches():
     x_fpn, features, logits = reference_head(taps, head, 4, 2)
     assert out["saliency_logits"].shape == (2, 8, 8, K)
     np.testing.assert_allclose(out["x_fpn"].numpy(), x_fpn, atol=1e-4)
+    np.testing.assert_allclose(out["class_features"].numpy(), features, atol=1e-4)
+    np.testing.assert_allclose(out["saliency_logits"].numpy(), logits, atol=1e-4)
+    # Training mode: the tiled BN equals K separate BNs on their own batch statistics.
+    _, features, logits = reference_head(taps, head, 4, 2, training=True)
+    out = head(taps, training=True)
     np.testing.assert_allclose(out["class_features"].numpy(), features, atol=1e-4)
     np.testing.assert_allclose(out["saliency_logits"].numpy(), logits, atol=1e-4)
 
@@ -207,6 +215,28 @@ def test_keras_round_trip(model, images, tmp_path):
     for key in expected:
         np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), atol=1e-5,
                                    err_msg=key)
+
+
+def test_parameter_counts_at_512():
+    """Keras DenseNet-121 taps, K = 14, Q = 256, 128 per class, a crop backbone with 512 output
+    channels: the counts of the brief (§3, §4), derived layer by layer."""
+    densenet = keras.applications.DenseNet121(weights=None, include_top=False,
+                                              input_shape=(512, 512, 3))
+    crop_backbone = tiny_crop_backbone(64, 512)
+    model = build_hermoza2020(image_size=512, backbone=densenet, crop_backbone=crop_backbone)
+    k, q, d = 14, 256, 128
+    laterals = (256 + 512 + 1024 + 1024) * q + 4 * q
+    saliency = 4 * k * (q + d) + k * q * d + k * d * 1 + k  # BNs, kernels, LSE beta
+    assert model.get_layer("classification").count_params() == \
+        densenet.count_params() + laterals + saliency == 8_241_486
+    det = model.get_layer("detection")
+
+    def params(prefix):
+        return sum(layer.count_params() for layer in det.layers if layer.name.startswith(prefix))
+    assert params("det_") == (9 * d * 64 + 64) + 64 + (64 * 4 + 4) == 74_116
+    assert params("crop_head") == (4 * k * 1024 + k * (1024 * 512 + 512) + 4 * k * 512
+                                   + k * (512 + 1)) == 7_440_398
+    assert model.output["boxes"].shape == (None, 395, k, 4)
 
 
 def test_bad_arguments():
