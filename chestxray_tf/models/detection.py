@@ -1,6 +1,6 @@
 """Detection building blocks on fixed proposals: RoIAlign, box decoding, bilinear and Gaussian
-"glimpse" crops of boxes, and rasterising weighted boxes into a map (Hermoza et al. 2020, Sec. 3.2; the operators they
-take from Mask R-CNN and Faster R-CNN).
+"glimpse" crops of boxes, and rasterising weighted boxes into a map (Hermoza et al. 2020,
+Sec. 3.2; the operators they take from Mask R-CNN and Faster R-CNN).
 
 Boxes are (y1, x1, y2, x2) in pixels of the input image (a pixel i covers [i, i + 1)), the order
 of `tf.image.crop_and_resize`. Every op is batched, has static shapes apart from the batch, and

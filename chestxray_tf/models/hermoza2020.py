@@ -1,4 +1,4 @@
-"""The model of Hermoza et al. 2020 (paper 004, Sec. 3.2, Fig. 1; brief hermoza2020.md §3-§4, §7).
+"""The model of Hermoza et al. 2020 (paper 004, Sec. 3.2, Fig. 1; brief hermoza2020.md §3-4, §7).
 
 Classification module: DenseNet-121 taps -> FPN without 3x3 output convs -> x_FPN (Q = 256 at
 H/4) -> per class k a two-layer 1x1 head (BN, LeakyReLU(0.1), 256 -> 128 =: f_k; BN, LeakyReLU,

@@ -229,7 +229,8 @@ def test_decode_boxes():
     for n in range(3):
         np.testing.assert_allclose(out[n], reference_decode(deltas[n], anchors[n], 512),
                                    rtol=1e-5, atol=1e-3)
-    clamped = detection.decode_boxes([[0, 0, 10.0, 10.0]], [[50000, 50000, 50032, 50032]], 1e5).numpy()
+    clamped = detection.decode_boxes([[0, 0, 10.0, 10.0]], [[50000, 50000, 50032, 50032]],
+                                     1e5).numpy()
     np.testing.assert_allclose(clamped[0, 2] - clamped[0, 0], 32 * 1000 / 16, rtol=1e-5)
 
 
