@@ -4,9 +4,15 @@
 the P x P patch grid. Downsampling is max-pooling with stride s = 1 and padding p = 0, so the
 output size o = (w - f + 2p) / s + 1 gives the window f = w - o + 1; upsampling is bilinear
 interpolation; a map already of size P is passed through.
+
+`lse_pool` / `LSEPooling` (Hermoza et al. 2020, Sec. 3.2): log-sum-exp pooling of saliency maps
+into image logits, with a learnable sharpness per class.
 """
 
+import math
+
 import keras
+import numpy as np
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
@@ -60,3 +66,71 @@ def synchronize_batch_norm(model):
             layer.synchronized = True
             changed += 1
     return changed
+
+
+def lse_pool(maps, r):
+    """Log-sum-exp pooling of score maps (Hermoza et al. 2020, Sec. 3.2: "pooling the results
+    from each of the saliency maps using the log-sum-exp (LSE) function"; the LSE-LBA form of
+    Yao et al. 2018 that the authors' code uses):
+
+        y_k = (1 / r_k) * (log sum_ij exp(r_k S_k[i, j]) - log(h w)),
+
+    so mean(S_k) <= y_k <= max(S_k) (r -> 0 gives the mean, r -> inf the max). The log-sum-exp
+    subtracts the maximum first (`keras.ops.logsumexp`), so large r S does not overflow.
+
+    Args:
+        maps: float [B, h, w, K] score maps S (static h, w).
+        r: the sharpness, a positive scalar or [K] (one per class).
+
+    Returns:
+        float32 [B, K].
+    """
+    maps = keras.ops.cast(maps, "float32")
+    height, width = maps.shape[1], maps.shape[2]
+    if height is None or width is None:
+        raise ValueError(f"lse_pool needs static spatial sizes, got maps of shape {maps.shape}")
+    if not keras.ops.is_tensor(r):
+        values = np.asarray(r, dtype=np.float64)
+        if values.ndim > 1 or (values.ndim == 1 and values.shape[0] != maps.shape[-1]):
+            raise ValueError(f"lse_pool r must be a scalar or one value per class "
+                             f"[{maps.shape[-1]}], got shape {values.shape}")
+        if not np.all(values > 0):
+            raise ValueError(f"lse_pool r must be positive, got {r!r}")
+    r = keras.ops.cast(r, "float32")
+    pooled = keras.ops.logsumexp(maps * r, axis=(1, 2))
+    return (pooled - math.log(height * width)) / r
+
+
+@keras.saving.register_keras_serializable(package="chestxray_tf")
+class LSEPooling(keras.layers.Layer):
+    """[B, h, w, K] -> [B, K] log-sum-exp pooling with a learnable sharpness per class
+    (LSE-LBA, "lower-bounded adaptation", Yao et al. 2018, used by Hermoza et al. 2020):
+    r_k = r0 + exp(beta_k), beta_k initialised to 0 (r = r0 + 1 at the start; r0 = 0 in the
+    authors' code). See `lse_pool`.
+    """
+
+    def __init__(self, r0=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if not r0 >= 0:
+            raise ValueError(f"LSEPooling r0 must be >= 0, got {r0!r}")
+        self.r0 = float(r0)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(f"LSEPooling expects [B, h, w, K] with a static K, got "
+                             f"{input_shape}")
+        self.beta = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="beta")
+
+    @property
+    def sharpness(self):
+        """r_k = r0 + exp(beta_k), [K]."""
+        return self.r0 + keras.ops.exp(keras.ops.cast(self.beta, "float32"))
+
+    def call(self, maps):
+        return lse_pool(maps, self.sharpness)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "r0": self.r0}
