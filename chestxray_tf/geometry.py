@@ -82,8 +82,17 @@ def clip_boxes_xywh(boxes_xywh, image_size, image_id="<unknown image>"):
     return np.stack([x0, y0, x1 - x0, y1 - y0], axis=-1)
 
 
+# A box overlaps a patch when it covers more than this fraction of a patch's side on both axes:
+# NIH coordinates such as 341.333333 put an edge ~3e-7 px from a patch edge (1024 / 12 * 4),
+# where float32 (the in-graph mask of `data.targets`) and float64 disagree on a "positive"
+# overlap. 1e-4 of a patch (0.005 px at 1024 px, P = 20) is far above float32's error there, so
+# both masks agree.
+EDGE_TOLERANCE = 1e-4
+
+
 def box_to_patch_mask(boxes_xywh, image_size, grid, image_id="<unknown image>"):
-    """PxP bool mask of the patches that overlap any of the boxes by a positive area.
+    """PxP bool mask of the patches that overlap any of the boxes by more than
+    `EDGE_TOLERANCE` of a patch on each axis (a positive area, up to float rounding).
 
     Args:
         boxes_xywh: [4] or [N, 4] pixel boxes of one class of one image (their union is
@@ -98,10 +107,12 @@ def box_to_patch_mask(boxes_xywh, image_size, grid, image_id="<unknown image>"):
     b = clip_boxes_xywh(boxes_xywh, image_size, image_id)
     width, height = _size_wh(image_size)
     edges = np.arange(grid + 1, dtype=np.float64)
-    # Patch c spans [c*S/P, (c+1)*S/P); it overlaps [x0, x1) with positive length iff
-    # x0 < (c+1)*S/P and x1 > c*S/P. Compared as x*P < (c+1)*S to avoid dividing by P.
+    # Patch c spans [c*S/P, (c+1)*S/P); it overlaps [x0, x1) by more than EDGE_TOLERANCE of a
+    # patch iff x0 < (c+1 - tol)*S/P and x1 > (c + tol)*S/P. Compared as x*P < (c+1-tol)*S
+    # to avoid dividing by P.
     x0, y0 = b[:, 0:1] * grid, b[:, 1:2] * grid
     x1, y1 = (b[:, 0:1] + b[:, 2:3]) * grid, (b[:, 1:2] + b[:, 3:4]) * grid
-    cols = (x0 < edges[None, 1:] * width) & (x1 > edges[None, :-1] * width)
-    rows = (y0 < edges[None, 1:] * height) & (y1 > edges[None, :-1] * height)
+    upper, lower = edges[None, 1:] - EDGE_TOLERANCE, edges[None, :-1] + EDGE_TOLERANCE
+    cols = (x0 < upper * width) & (x1 > lower * width)
+    rows = (y0 < upper * height) & (y1 > lower * height)
     return np.any(rows[:, :, None] & cols[:, None, :], axis=0)

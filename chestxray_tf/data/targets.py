@@ -2,11 +2,14 @@
 
 The TensorFlow twin of `geometry.box_to_patch_mask`, batched and class-aware: patch (r, c) of
 a PxP grid is positive for class k when a box of class k overlaps it by a positive area. With
-normalised boxes the rule `x0 * P < (c + 1) * S and x1 * P > c * S` of `geometry` reads
-`x0 * P < c + 1 and x1 * P > c`. Several boxes of one class give the union of their masks.
+normalised boxes the rule of `geometry` reads `x0 * P < c + 1 - tol and x1 * P > c + tol`
+with tol = `geometry.EDGE_TOLERANCE` (the same tolerance, so float32 here and float64 there
+agree). Several boxes of one class give the union of their masks.
 """
 
 import tensorflow as tf
+
+from chestxray_tf.geometry import EDGE_TOLERANCE
 
 
 def valid_boxes(boxes_yxyx, box_labels):
@@ -32,8 +35,9 @@ def box_to_patch_mask(boxes_yxyx, box_labels, grid, num_classes):
     labels = tf.where(valid_boxes(boxes, box_labels), tf.cast(box_labels, tf.int32), -1)
     ymin, xmin, ymax, xmax = tf.unstack(boxes * float(grid), axis=-1)
     lower = tf.range(grid, dtype=tf.float32)
-    rows = tf.cast((ymin[..., None] < lower + 1.0) & (ymax[..., None] > lower), tf.float32)
-    cols = tf.cast((xmin[..., None] < lower + 1.0) & (xmax[..., None] > lower), tf.float32)
+    upper, lower = lower + (1.0 - EDGE_TOLERANCE), lower + EDGE_TOLERANCE
+    rows = tf.cast((ymin[..., None] < upper) & (ymax[..., None] > lower), tf.float32)
+    cols = tf.cast((xmin[..., None] < upper) & (xmax[..., None] > lower), tf.float32)
     classes = tf.one_hot(labels, num_classes, dtype=tf.float32)  # all zero for -1
     overlaps = tf.einsum("...mr,...mc,...mk->...rck", rows, cols, classes)
     return tf.cast(overlaps > 0.0, tf.float32)

@@ -3,11 +3,22 @@
 import numpy as np
 import pytest
 
+from chestxray_tf import geometry
 from chestxray_tf.data import targets
+from chestxray_tf.geometry import EDGE_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def nih_dir_boxes(nih_sample_dir):
+    """Every box (x, y, w, h) of the real NIH sample's BBox_List_2017.csv, 1024 px frame."""
+    import pandas as pd
+    table = pd.read_csv(nih_sample_dir / "BBox_List_2017.csv")
+    return table.iloc[:, 2:6].to_numpy(np.float64)
 
 
 def _reference_mask(boxes_xywh, box_labels, size, grid, num_classes):
-    """Loops over patches: positive when a box of the class overlaps it by a positive area."""
+    """Loops over patches: positive when a box of the class overlaps it by more than
+    EDGE_TOLERANCE of a patch on both axes (a positive area, up to float rounding)."""
     mask = np.zeros((grid, grid, num_classes), np.float32)
     step = size / grid
     for (x, y, w, h), k in zip(boxes_xywh, box_labels):
@@ -17,7 +28,7 @@ def _reference_mask(boxes_xywh, box_labels, size, grid, num_classes):
             for c in range(grid):
                 overlap_x = min(x + w, (c + 1) * step) - max(x, c * step)
                 overlap_y = min(y + h, (r + 1) * step) - max(y, r * step)
-                if overlap_x > 0 and overlap_y > 0:
+                if overlap_x > EDGE_TOLERANCE * step and overlap_y > EDGE_TOLERANCE * step:
                     mask[r, c, k] = 1.0
     return mask
 
@@ -65,3 +76,24 @@ def test_box_without_area_is_ignored(box):
     labels = np.array([[1, -1]])
     assert not targets.box_to_patch_mask(boxes, labels, 4, 2).numpy().any()
     assert not targets.has_box(boxes, labels, 2).numpy().any()
+
+
+def test_in_graph_mask_agrees_with_geometry_on_real_and_edge_boxes(nih_dir_boxes):
+    """The float32 in-graph mask and the float64 `geometry` mask agree on every box of the real
+    NIH sample and on constructed NIH-style coordinates within 1e-6 px of a patch edge
+    (341.333333 = 1024 / 12 * 4 - 3e-7), at every P of the papers."""
+    boxes = list(nih_dir_boxes)
+    for grid in (12, 16, 20):
+        step = 1024 / grid
+        for c in range(1, grid):
+            for delta in (-3e-7, 3e-7, -1e-6, 1e-6, 0.0):
+                edge = round(c * step, 6) + delta
+                boxes += [(edge, 100.0, 50.0, 60.0), (edge - 50.0, edge, 50.0, 60.0)]
+    boxes = np.array(boxes, np.float64)
+    normalised = geometry.xywh_to_yxyx(boxes, 1024).astype(np.float32)
+    for grid in (8, 12, 16, 20):
+        graph = targets.box_to_patch_mask(normalised[:, None, :],
+                                          np.zeros((len(boxes), 1), np.int32), grid, 1).numpy()
+        for i, box in enumerate(boxes):
+            expected = geometry.box_to_patch_mask(box, 1024, grid)
+            assert (graph[i, ..., 0] > 0).tolist() == expected.tolist(), (grid, box)
