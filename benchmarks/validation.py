@@ -139,8 +139,8 @@ def _evaluate_in_process(run_dir):
                             progress=False)
     report = {"results": evaluate.compute_results(pred, config, "test_fold"),
               "checkpoint": str(path), "note": "evaluated by benchmarks/validation.py"}
-    os.makedirs(run_dir / "eval", exist_ok=True)
-    with open(run_dir / "eval" / "report.json", "w") as f:
+    os.makedirs(run_dir / "eval" / "test_fold", exist_ok=True)
+    with open(run_dir / "eval" / "test_fold" / "report.json", "w") as f:
         json.dump(report, f, indent=1)
 
 
@@ -178,7 +178,7 @@ def train_and_evaluate(run, manifest, workdir, num_steps):
         if code:
             record.update(status="failed", error=_tail(run_dir / "evaluate.log"))
         else:
-            with open(run_dir / "eval" / "report.json") as f:
+            with open(run_dir / "eval" / "test_fold" / "report.json") as f:
                 record["metrics"] = metrics_of(json.load(f)["results"])
             record["status"] = "ok" if _finite(record["metrics"]) else "non_finite_outputs"
     with open(record_path, "w") as f:

@@ -31,7 +31,7 @@ def fold_config(config, fold):
 
 def is_finished(workdir, config):
     """True when WORKDIR/eval/report.json was made from the checkpoint of the last step."""
-    report = os.path.join(workdir, "eval", "report.json")
+    report = os.path.join(evaluate.eval_dir(workdir, "test_fold"), "report.json")
     if not os.path.exists(report) or not os.path.isdir(os.path.join(workdir,
                                                                     workdir_lib.STAGES_DIR)):
         return False
@@ -58,7 +58,7 @@ def run(config, workdir, folds, progress=True):
             print(f"fold {fold}: training in {run_dir}")
             trainer.train(config_k, run_dir)
             evaluate.evaluate(run_dir, "latest", "test_fold", progress=progress)
-        reports.append(os.path.join(run_dir, "eval", "report.json"))
+        reports.append(os.path.join(evaluate.eval_dir(run_dir, "test_fold"), "report.json"))
     return cv_report.write_cv_report(workdir, reports)
 
 

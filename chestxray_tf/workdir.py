@@ -17,6 +17,7 @@ import json
 import os
 import re
 
+from absl import logging
 import ml_collections
 import tensorflow as tf
 
@@ -147,3 +148,65 @@ def restore_model(workdir, which="latest", config=None):
         raise ValueError(f"checkpoint {path} cannot be restored into the "
                          f"{config.task} model: {e}") from e
     return config, model, path
+
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirLocked(RuntimeError):
+    """Another live process trains in the workdir."""
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class lock:  # pylint: disable=invalid-name  (used as a context manager: `with lock(W):`)
+    """An exclusive lock on a local workdir for one training process: WORKDIR/.lock holds the
+    owner's host and pid, created with O_EXCL; released on exit. A lock whose process is gone
+    (same host) is stale: taken over, with a warning. Remote workdirs (gs://) are not locked."""
+
+    def __init__(self, workdir):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self.owned = False
+
+    def __enter__(self):
+        if "://" in self.path:
+            return self
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        me = {"host": os.uname().nodename, "pid": os.getpid()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    with open(self.path, encoding="utf-8") as f:
+                        owner = json.load(f)
+                except (OSError, ValueError):
+                    owner = {}
+                if owner.get("host") == me["host"] and not _alive(int(owner.get("pid", -1))):
+                    logging.warning("removing the stale lock %s of process %s (gone)", self.path,
+                                    owner.get("pid"))
+                    os.remove(self.path)
+                    continue
+                raise WorkdirLocked(
+                    f"{self.path}: process {owner.get('pid', '?')} on {owner.get('host', '?')} "
+                    "trains in this workdir; wait for it, or remove the file if that process "
+                    "is gone") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(me, f)
+            self.owned = True
+            return self
+        raise WorkdirLocked(f"{self.path}: could not take the lock")
+
+    def __exit__(self, *exc):
+        if self.owned and os.path.exists(self.path):
+            os.remove(self.path)
+        self.owned = False
+        return False

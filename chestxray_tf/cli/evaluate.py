@@ -1,7 +1,7 @@
 """Evaluate a trained run: `python -m chestxray_tf.cli.evaluate --workdir W
 [--checkpoint latest|best|PATH] [--split test_fold|official_test|val]`.
 
-Writes WORKDIR/eval/report.json, report.md (the paper's tables with its published numbers
+Writes WORKDIR/eval/<split>[-<checkpoint>]/report.json, report.md (the paper's tables with its published numbers
 beside ours) and the figures.
 """
 

@@ -20,7 +20,8 @@ from absl import logging
 import numpy as np
 from tqdm import tqdm
 
-from chestxray_tf import geometry, inference, tasks as tasks_lib, workdir as workdir_lib
+from chestxray_tf import geometry, inference, run_identity, tasks as tasks_lib
+from chestxray_tf import workdir as workdir_lib
 from chestxray_tf.data import selection
 from chestxray_tf.evaluation import figures, report, results as results_lib
 from chestxray_tf.labels import BOXED_CLASSES
@@ -175,14 +176,28 @@ def split_ids(config, split):
     return chosen.val if split == "val" else chosen.test
 
 
+def eval_dir(workdir, split, checkpoint="latest"):
+    """WORKDIR/eval/<split> for the latest checkpoint, WORKDIR/eval/<split>-<checkpoint> for
+    another ("best" or a checkpoint's name): one folder per split and checkpoint, so one
+    evaluation never overwrites or mixes with another's figures."""
+    name = split if checkpoint == "latest" else f"{split}-{os.path.basename(checkpoint)}"
+    return os.path.join(workdir, "eval", name)
+
+
 def evaluate(workdir, checkpoint="latest", split="test_fold", progress=True):
-    """Evaluates a training run; returns the paths of the files written under WORKDIR/eval."""
+    """Evaluates a training run; returns the paths of the files written under
+    `eval_dir(workdir, split, checkpoint)`.
+
+    Raises:
+        ValueError: the set was rebuilt since the run trained on it (`run_identity`).
+    """
     config, model, path = workdir_lib.restore_model(workdir, checkpoint)
     ids = split_ids(config, split)
     if not ids:
         raise ValueError(f"split {split} of {config.data.manifest} holds no image")
+    run_identity.check_manifest(workdir, config.data.manifest)
     pred = predict(model, config, ids, progress=progress)
-    out_dir = os.path.join(workdir, "eval")
+    out_dir = eval_dir(workdir, split, checkpoint)
     os.makedirs(out_dir, exist_ok=True)
     results = compute_results(pred, config, split)
     task = tasks_lib.get_task(config.task)

@@ -28,6 +28,8 @@ WORKDIR/stages/<i>_<name>/ (`chestxray_tf.workdir`):
 
 import math
 import os
+import signal
+import threading
 import time
 
 from absl import logging
@@ -36,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from chestxray_tf import fileio, tasks as tasks_lib, workdir as workdir_lib
+from chestxray_tf import fileio, run_identity, tasks as tasks_lib, workdir as workdir_lib
 from chestxray_tf.data import manifest as manifest_lib, selection
 from chestxray_tf.metrics import auc as auc_lib
 from chestxray_tf.models.layers import synchronize_batch_norm
@@ -114,9 +116,16 @@ class Run:
 
     def run(self):
         """Runs every stage not yet done; returns the last logged values of the last gradient
-        stage run (empty when there was nothing to do)."""
-        if self.chief:
+        stage run (empty when there was nothing to do). The chief holds the workdir's lock
+        (`workdir.lock`) throughout, and a resume must be the same run (`run_identity`)."""
+        if not self.chief:
+            return self._run_stages()
+        with workdir_lib.lock(self.workdir):
+            run_identity.check(self.workdir, self.config, self.split)
             save_config(self.config, self.workdir)
+            return self._run_stages()
+
+    def _run_stages(self):
         last, previous = {}, None
         for index, stage in enumerate(self.stages):
             folder = self.stage_dir(index)
@@ -192,6 +201,55 @@ class Run:
         return summary
 
 
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training; a checkpoint of the last step was saved."""
+
+    def __init__(self, signum, checkpoint):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}: checkpoint {checkpoint} "
+                         "saved; the same command resumes from it")
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
+def check_train_config(train, stage):
+    """Refuses out-of-range train settings before any work (a zero cadence would divide by
+    zero after the first step)."""
+    positive = ("batch_size", "checkpoint_every_steps", "log_every_steps", "keep_checkpoints")
+    bad = [f"{k}={train[k]!r}" for k in positive if not (isinstance(train[k], int) and train[k] > 0)]
+    bad += [f"{k}={train[k]!r}" for k in ("num_steps", "eval_every_steps", "steps_per_epoch",
+                                          "num_val_images")
+            if not (isinstance(train[k], int) and train[k] >= 0)]
+    if not (train.learning_rate > 0):
+        bad.append(f"learning_rate={train.learning_rate!r}")
+    if bad:
+        raise ValueError(f"stage {stage}: train settings out of range: {', '.join(bad)} "
+                         "(cadences and sizes must be positive integers, counts >= 0)")
+
+
+class _Signals:
+    """While active, SIGINT and SIGTERM set `received` instead of killing the process (main
+    thread only; elsewhere the default handlers stay)."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
 def make_train_step(model, optimizer, loss_fn, strategy, global_batch, *, jit_compile=False,
                     hooks=()):
     """The training step: `train_step(iterator)` -> (logs summed over replicas, records
@@ -248,6 +306,7 @@ class StageTrainer:
         self.global_batch = self.config.batch_size * self.strategy.num_replicas_in_sync
         self.steps_per_epoch = (self.config.steps_per_epoch or
                                 max(1, len(run.split.train) // self.global_batch))
+        check_train_config(self.config, stage.name)
         if self.config.select_by not in SELECT_BY:
             raise ValueError(f"train.select_by must be one of {SELECT_BY}, got "
                              f"{self.config.select_by!r}")
@@ -372,45 +431,10 @@ class StageTrainer:
         step = self._restore()
         bar = tqdm(total=config.num_steps, initial=step, unit="step", dynamic_ncols=True,
                    disable=not (config.progress_bar and self.chief))
-        sums, count, tick, last = {}, 0, time.time(), {}
-        stopped = False
-        while step < config.num_steps and not stopped:
-            epoch, skip = divmod(step, self.steps_per_epoch)
-            iterator = self._iterator(epoch, skip)
-            end = min((epoch + 1) * self.steps_per_epoch, config.num_steps)
-            skipped = 0
-            while step < end and not stopped:
-                logs, skipped_now = self._train_step(iterator)
-                logs = {k: float(v) for k, v in logs.items()}
-                skipped += int(skipped_now)
-                step += 1
-                if not all(math.isfinite(v) for v in logs.values()):
-                    bar.close()
-                    raise TrainingDivergedError(
-                        f"non-finite loss at step {step} of stage {self.stage.name} ({logs}); "
-                        f"training stopped, the last good checkpoint is "
-                        f"{self.manager.latest_checkpoint}")
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                bar.update(1)
-                if step % config.log_every_steps == 0 or step == end:
-                    elapsed = max(time.time() - tick, 1e-9)
-                    last = {k: v / count for k, v in sums.items()}
-                    last["images_per_second"] = count * self.global_batch / elapsed
-                    last["learning_rate"] = _learning_rate(self.optimizer)
-                    self._write_scalars(step, last)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}",
-                                    img_s=f"{last['images_per_second']:.1f}")
-                    sums, count, tick = {}, 0, time.time()
-                if config.eval_every_steps and step % config.eval_every_steps == 0:
-                    stopped = self._validate_and_save(step)
-                elif step % config.checkpoint_every_steps == 0:
-                    self.manager.save(checkpoint_number=step)
-            if self.run_.config.data.skip_corrupt:
-                self._report_skips(epoch, skip, step, skipped)
-            if not config.eval_every_steps and not stopped:
-                stopped = self._validate_and_save(step)
+        last, stopped = {}, False
+        with _Signals() as signals:
+            while step < config.num_steps and not stopped:
+                step, last, stopped = self._epoch(step, last, stopped, bar, signals)
         bar.close()
         if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(
                 f"-{step}"):
@@ -419,6 +443,54 @@ class StageTrainer:
         self.summary = {"steps": step, "stopped_by_plateau": bool(stopped),
                         "trainable": self.trainable}
         return last
+
+    def _epoch(self, step, last, stopped, bar, signals):
+        """Trains from `step` to the end of its epoch (or the stage); returns (step, last
+        logs, stopped by the plateau rule)."""
+        config = self.config
+        sums, count, tick = {}, 0, time.time()
+        epoch, skip = divmod(step, self.steps_per_epoch)
+        iterator = self._iterator(epoch, skip)
+        end = min((epoch + 1) * self.steps_per_epoch, config.num_steps)
+        skipped = 0
+        while step < end and not stopped:
+            if signals.received:
+                path = self.manager.save(checkpoint_number=step)
+                self.writer.flush()
+                bar.close()
+                raise Interrupted(signals.received, path)
+            logs, skipped_now = self._train_step(iterator)
+            logs = {k: float(v) for k, v in logs.items()}
+            skipped += int(skipped_now)
+            step += 1
+            if not all(math.isfinite(v) for v in logs.values()):
+                bar.close()
+                raise TrainingDivergedError(
+                    f"non-finite loss at step {step} of stage {self.stage.name} ({logs}); "
+                    f"training stopped, the last good checkpoint is "
+                    f"{self.manager.latest_checkpoint}")
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            bar.update(1)
+            if step % config.log_every_steps == 0 or step == end:
+                elapsed = max(time.time() - tick, 1e-9)
+                last = {k: v / count for k, v in sums.items()}
+                last["images_per_second"] = count * self.global_batch / elapsed
+                last["learning_rate"] = _learning_rate(self.optimizer)
+                self._write_scalars(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}",
+                                img_s=f"{last['images_per_second']:.1f}")
+                sums, count, tick = {}, 0, time.time()
+            if config.eval_every_steps and step % config.eval_every_steps == 0:
+                stopped = self._validate_and_save(step)
+            elif step % config.checkpoint_every_steps == 0:
+                self.manager.save(checkpoint_number=step)
+        if self.run_.config.data.skip_corrupt:
+            self._report_skips(epoch, skip, step, skipped)
+        if not config.eval_every_steps and not stopped:
+            stopped = self._validate_and_save(step)
+        return step, last, stopped
 
     def _report_skips(self, epoch, resumed_at, step, skipped):
         """End of an epoch with `data.skip_corrupt`: the records its input skipped (all

@@ -19,7 +19,7 @@ def test_two_folds_aggregate_and_finished_folds_are_skipped(built_set, tmp_path,
     paths = cross_validation.run(config, str(tmp_path), [0, 1], progress=False)
     folds = []
     for k in (0, 1):
-        with open(tmp_path / f"fold_{k}" / "eval" / "report.json") as f:
+        with open(tmp_path / f"fold_{k}" / "eval" / "test_fold" / "report.json") as f:
             folds.append(json.load(f))
         assert folds[-1]["config"]["data"]["test_fold"] == k
     with open(paths["json"]) as f:
@@ -29,11 +29,11 @@ def test_two_folds_aggregate_and_finished_folds_are_skipped(built_set, tmp_path,
     assert any(abs(v - np.std(auc, ddof=1)) < 1e-9 for v in _numbers(cv))
     assert os.path.exists(paths["markdown"])
 
-    stamp = os.path.getmtime(tmp_path / "fold_0" / "eval" / "report.json")
+    stamp = os.path.getmtime(tmp_path / "fold_0" / "eval" / "test_fold" / "report.json")
     capsys.readouterr()
     cross_validation.run(config, str(tmp_path), [0, 1], progress=False)
     assert capsys.readouterr().out.count("finished, skipped") == 2
-    assert os.path.getmtime(tmp_path / "fold_0" / "eval" / "report.json") == stamp
+    assert os.path.getmtime(tmp_path / "fold_0" / "eval" / "test_fold" / "report.json") == stamp
 
 
 def _numbers(tree):

@@ -97,7 +97,7 @@ def test_cli_evaluate_official_test_split(trained_run, tmp_path, nih_source):
          "--checkpoint=latest", "--split=official_test"], capture_output=True, text=True,
         timeout=300, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(workdir / "eval" / "report.json") as f:
+    with open(workdir / "eval" / "official_test" / "report.json") as f:
         results = json.load(f)["results"]
     official_test = nih.read_image_list(nih_source / "test_list.txt")
     assert results["split"] == "official_test"
