@@ -1,4 +1,4 @@
-"""chestxray_tf/evaluation/cross_validation.py and cli/cv.py over 2 folds of a tiny config."""
+"""chestxray_tf/cross_validation.py, cv_report and cli/cv.py over 2 folds of a tiny config."""
 
 import json
 import os
@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from chestxray_tf import cross_validation
 
@@ -60,3 +61,25 @@ def test_print_commands():
         assert f"--workdir=/tmp/cv/fold_{fold} --config.data.test_fold={fold}" in line
         assert "--config.train.batch_size=10" in line and "cli.evaluate" in line
     assert "--folds=0,2" in lines[2]
+
+
+def test_the_fold_is_cross_validations_to_set(tmp_path):
+    """A --config.data.test_fold override would give every fold's command the same fold."""
+    with pytest.raises(ValueError, match="sets the test fold of each run itself"):
+        cross_validation.fold_commands("configs/li2018.py", ["--config.data.test_fold=0"],
+                                       str(tmp_path), [0, 1])
+    with pytest.raises(ValueError, match="not distinct"):
+        cross_validation.run(None, str(tmp_path), [0, 0])
+
+
+def test_cv_report_refuses_two_reports_of_one_fold(tmp_path):
+    from chestxray_tf.evaluation import cv_report
+    paths = []
+    for k in range(2):
+        path = tmp_path / f"r{k}.json"
+        auc = {"per_class": {"Atelectasis": 0.5}, "mean": 0.5, "counts": {"Atelectasis": 1}}
+        path.write_text(json.dumps({"paper": "li2018", "results": {"auc": auc},
+                                    "config": {"data": {"test_fold": 3}}}))
+        paths.append(str(path))
+    with pytest.raises(ValueError, match=r"fold\(s\) \[3\] are tested by more than one"):
+        cv_report.write_cv_report(tmp_path, paths)
