@@ -132,3 +132,14 @@ def atomic_copy(source, target):
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
         raise
+
+
+def process_alive(pid):
+    """Whether process `pid` of this machine still runs (for stale locks and staging folders)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -21,7 +21,7 @@ from absl import logging
 import ml_collections
 import tensorflow as tf
 
-from chestxray_tf import tasks as tasks_lib
+from chestxray_tf import fileio, tasks as tasks_lib
 
 STAGES_DIR = "stages"
 CHECKPOINTS = "checkpoints"
@@ -157,16 +157,6 @@ class WorkdirLocked(RuntimeError):
     """Another live process trains in the workdir."""
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class lock:  # pylint: disable=invalid-name  (used as a context manager: `with lock(W):`)
     """An exclusive lock on a local workdir for one training process: WORKDIR/.lock holds the
     owner's host and pid, created with O_EXCL; released on exit. A lock whose process is gone
@@ -190,7 +180,7 @@ class lock:  # pylint: disable=invalid-name  (used as a context manager: `with l
                         owner = json.load(f)
                 except (OSError, ValueError):
                     owner = {}
-                if owner.get("host") == me["host"] and not _alive(int(owner.get("pid", -1))):
+                if owner.get("host") == me["host"] and not fileio.process_alive(int(owner.get("pid", -1))):
                     logging.warning("removing the stale lock %s of process %s (gone)", self.path,
                                     owner.get("pid"))
                     os.remove(self.path)

@@ -52,7 +52,7 @@ import tensorflow as tf
 import tqdm
 from PIL import Image
 
-from chestxray_tf import geometry
+from chestxray_tf import fileio, geometry
 from chestxray_tf import io as io_lib
 from chestxray_tf import labels as labels_lib
 from chestxray_tf.data import example
@@ -389,16 +389,6 @@ def _set_files(folder):
                   if n in (manifest_lib.MANIFEST, manifest_lib.METADATA) or ".tfrecord" in n)
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _check_output(output_dir, overwrite):
     """Refuses to replace an earlier set unless `overwrite`; removes the leftover staging
     folders of builds whose process has ended. Nothing else is touched."""
@@ -413,7 +403,7 @@ def _check_output(output_dir, overwrite):
     for name in os.listdir(output_dir):
         if name.startswith(STAGING_PREFIX):
             pid = name[len(STAGING_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not fileio.process_alive(int(pid)):
                 shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 

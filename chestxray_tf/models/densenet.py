@@ -24,7 +24,7 @@ import functools
 
 import keras
 
-from chestxray_tf.models.resnet_v2 import _bn_relu, _conv, _copy_weights_by_name, _load_weights
+from chestxray_tf.models.resnet_v2 import _bn_relu, _conv, load_weights
 
 # Keras' DenseNet batch-norm epsilon (keras.applications.densenet), kept for weight transfer.
 _BN_EPSILON = 1.001e-5
@@ -115,14 +115,14 @@ def densenet(input_shape=(512, 512, 3), *, blocks=DENSENET_121["blocks"],
     features = keras.layers.Activation("relu", name="relu")(x)
     model = keras.Model(image, features, name=name)
     structure = {"blocks": tuple(blocks), "growth_rate": growth_rate, "stem_width": stem_width}
-    if weights == "imagenet":
+
+    def imagenet():
         if structure != DENSENET_121:
             raise ValueError(f"weights='imagenet': ImageNet weights exist only for "
                              f"DenseNet-121 ({DENSENET_121}), not for {name} ({structure})")
-        _copy_weights_by_name(keras.applications.DenseNet121(
-            include_top=False, weights="imagenet", input_shape=tuple(input_shape)), model)
-    else:
-        _load_weights(model, weights, structure)
+        return keras.applications.DenseNet121(include_top=False, weights="imagenet",
+                                              input_shape=tuple(input_shape))
+    load_weights(model, weights, imagenet)
     return model
 
 

@@ -19,12 +19,10 @@ The stem is the same for both: 7x7/2 convolution, BN, ReLU, 3x3/2 max-pool (`con
 `pool1_*`). The output is the last stage's feature map (stride 32 with the default strides).
 """
 
-import os
 
 import keras
 
-from chestxray_tf.models.resnet_v2 import (_BN_EPSILON, WEIGHT_FILE_SUFFIXES,
-                                           _copy_weights_by_name)
+from chestxray_tf.models.resnet_v2 import _BN_EPSILON, WEIGHT_FILE_SUFFIXES, load_weights
 
 BLOCK_TYPES = ("basic", "bottleneck")
 
@@ -156,21 +154,12 @@ def stage_outputs_model(backbone, name=None):
 
 
 def _load_weights(model, weights, structure, strides):
-    if weights is None:
-        return
-    if isinstance(weights, str) and weights == "imagenet":
+    def imagenet():
         if structure != RESNET50 or strides != STAGE_STRIDES:
             raise ValueError(
                 f"weights='imagenet' exists in Keras only for ResNet-50 v1 ({RESNET50}), not "
                 f"for {model.name} ({structure}, strides {strides}); pass a local weights "
                 f"file (ending in {' or '.join(WEIGHT_FILE_SUFFIXES)}) or None")
-        _copy_weights_by_name(keras.applications.ResNet50(
-            include_top=False, weights="imagenet", input_shape=model.input_shape[1:]), model)
-        return
-    path = os.fspath(weights)
-    if not path.endswith(WEIGHT_FILE_SUFFIXES):
-        raise ValueError(f"weights {path!r} of {model.name}: expected None, 'imagenet' or a "
-                         f"file ending in {' or '.join(WEIGHT_FILE_SUFFIXES)}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {path!r} of {model.name} does not exist")
-    model.load_weights(path)
+        return keras.applications.ResNet50(include_top=False, weights="imagenet",
+                                           input_shape=model.input_shape[1:])
+    load_weights(model, weights, imagenet)

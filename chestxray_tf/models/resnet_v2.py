@@ -149,23 +149,32 @@ def resnet_v2(input_shape=(512, 512, 3), *, weights=None, stem_width=64,
     return model
 
 
-def _load_weights(model, weights, structure):
+def load_weights(model, weights, imagenet):
+    """Loads `weights` into a backbone: None (keep the initialisation), "imagenet" (copies by
+    layer name from the Keras application `imagenet()` builds; it raises where Keras has
+    none), or the path of a local `.weights.h5` / `.h5` file."""
     if weights is None:
         return
-    if weights == "imagenet":
-        if structure != RESNET_V2_50:
-            raise ValueError(f"ImageNet weights exist only for ResNet-v2-50 "
-                             f"({RESNET_V2_50}), not for {model.name} ({structure})")
-        _copy_weights_by_name(keras.applications.ResNet50V2(
-            include_top=False, weights="imagenet", input_shape=model.input_shape[1:]), model)
+    if isinstance(weights, str) and weights == "imagenet":
+        _copy_weights_by_name(imagenet(), model)
         return
     path = os.fspath(weights)
     if not path.endswith(WEIGHT_FILE_SUFFIXES):
-        raise ValueError(f"backbone weights {path!r}: expected None, 'imagenet' or a file "
-                         f"ending in {' or '.join(WEIGHT_FILE_SUFFIXES)}")
+        raise ValueError(f"weights {path!r} of {model.name}: expected None, 'imagenet' or a "
+                         f"file ending in {' or '.join(WEIGHT_FILE_SUFFIXES)}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone weights file {path!r} does not exist")
+        raise FileNotFoundError(f"weights file {path!r} of {model.name} does not exist")
     model.load_weights(path)
+
+
+def _load_weights(model, weights, structure):
+    def imagenet():
+        if structure != RESNET_V2_50:
+            raise ValueError(f"ImageNet weights exist only for ResNet-v2-50 "
+                             f"({RESNET_V2_50}), not for {model.name} ({structure})")
+        return keras.applications.ResNet50V2(include_top=False, weights="imagenet",
+                                             input_shape=model.input_shape[1:])
+    load_weights(model, weights, imagenet)
 
 
 def _copy_weights_by_name(source, target):
