@@ -103,11 +103,17 @@ def resolve(workdir, which="latest"):
 
     Raises:
         FileNotFoundError: no such checkpoint.
+        ValueError: a checkpoint path outside the workdir's stages (another run's).
     """
     if which not in ("latest", "best"):
         if not tf.io.gfile.glob(which + ".index"):
             raise FileNotFoundError(f"checkpoint {which} not found (expected {which}.index and "
                                     "its data files)")
+        if "://" not in which and not os.path.realpath(which).startswith(
+                os.path.realpath(os.path.join(workdir, STAGES_DIR)) + os.sep):
+            raise ValueError(f"checkpoint {which} is not one of {workdir}'s stages: it belongs "
+                             "to another run (its config and split are not this workdir's); "
+                             "pass that run's --workdir")
         return which
     folder = final_stage_dir(workdir)
     if folder is None:

@@ -193,3 +193,13 @@ def test_saved_model_cli_runs_the_export(exported, tmp_path):
     for key in ("image_probs", "patch_probs"):
         np.testing.assert_allclose(np.load(tmp_path / "cli_out" / f"{key}.npy"), expected[key],
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_serving_bounds_the_work_per_image(exported):
+    """A 4 x 400 image (aspect 100:1) would be padded to 400 x 400: refused in-graph, naming
+    the bound (the same bounds as predict's, `chestxray_tf.io`)."""
+    config, model, _ = exported
+    serving = export.Serving(model, export.serving_metadata(config), config)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="MAX_ASPECT"):
+        serving.serve_float(tf.zeros([1, 4, 400, 1]))
+    assert serving.serve_float(tf.zeros([1, 40, 60, 1]))["scores"].shape == (1, 14)

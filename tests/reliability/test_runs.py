@@ -142,3 +142,14 @@ def test_ctrl_c_saves_a_checkpoint_and_says_where(built_set, tmp_path, signum):
     assert int(saved.rsplit("-", 1)[1]) > 0
     assert "Traceback" not in err
     tf.train.load_checkpoint(saved)
+
+
+def test_a_checkpoint_of_another_run_is_refused(trained_run, tmp_path):
+    workdir = _copy(trained_run, tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    foreign = workdir_lib.resolve(str(other))
+    with pytest.raises(ValueError, match="belongs to another run"):
+        evaluate.evaluate(str(workdir), foreign, progress=False)
+    own = workdir_lib.resolve(str(workdir))
+    assert workdir_lib.resolve(str(workdir), own) == own
