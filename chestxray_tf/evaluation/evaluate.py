@@ -20,52 +20,50 @@ from absl import logging
 import numpy as np
 from tqdm import tqdm
 
-from chestxray_tf import geometry, inference, run_identity, tasks as tasks_lib
+from chestxray_tf import geometry, run_identity, tasks as tasks_lib
 from chestxray_tf import workdir as workdir_lib
-from chestxray_tf.data import selection
-from chestxray_tf.evaluation import figures, report, results as results_lib
+from chestxray_tf.data import manifest as manifest_lib, selection
+from chestxray_tf.evaluation import figures, localize, protocol as protocol_lib, report
+from chestxray_tf.evaluation import results as results_lib
 from chestxray_tf.labels import BOXED_CLASSES
-from chestxray_tf.metrics import auc as auc_lib, localization
+from chestxray_tf.metrics import auc as auc_lib
 
 SPLITS = ("test_fold", "official_test", "val")
-# Random placements of each region for the chance level of localization.
-CHANCE_DRAWS = 20
 
 
 @dataclasses.dataclass
 class Predictions:
-    """A model's predictions over a split (maps kept for the images with boxes only).
+    """A model's predictions over a split.
 
     image_ids [N]; labels, probs [N, K]; boxes: per image [M, 4] xywh in pixels of the model's
-    input frame and box_labels [M]; maps: image index -> [h, w, K]; regions: image index ->
-    bool [h, w, K], the task's region of each class; images: image index -> [S, S] grey model
-    input, for the images whose map is kept.
+    input frame and box_labels [M]; pairs: {map variant: `localize.Pairs`}, the map of every
+    (image, class with a true box) pair; images: image index -> [S, S] grey model input, for
+    the images with a box.
     """
     image_ids: list
     labels: np.ndarray
     probs: np.ndarray
     boxes: list
     box_labels: list
-    maps: dict
-    regions: dict
+    pairs: dict
     images: dict
     image_size: int
 
 
 def predict(model, config, image_ids, *, progress=True):
-    """Runs `model` over `image_ids` (eval order) and collects `Predictions`."""
+    """Runs `model` over `image_ids` (eval order) and collects `Predictions` (every map
+    variant of the task, `Task.map_variants`)."""
     task = tasks_lib.get_task(config.task)(config)
-    rule = task.region_rule()
+    variants = task.map_variants()
     size = config.data.image_size
     dataset = selection.dataset(config.data, image_ids, training=False,
                                 batch_size=config.eval.batch_size)
-    ids, labels, probs, boxes, box_labels, maps, regions, images = [], [], [], [], [], {}, {}, {}
+    ids, labels, probs, boxes, box_labels, images = [], [], [], [], [], {}
+    pair_index, pair_class, pair_maps = [], [], {v: [] for v in variants}
     steps = -(-len(image_ids) // config.eval.batch_size)
     for batch in tqdm(dataset, total=steps, unit="batch", desc="evaluate", disable=not progress):
         outputs = model(batch["image"], training=False)
-        batch_maps = task.maps(outputs)
-        batch_regions = inference.region_mask(batch_maps, rule).numpy()
-        batch_maps = batch_maps.numpy()
+        batch_maps = {v: task.maps(outputs, v).numpy() for v in variants}
         for i in range(len(batch["image_id"])):
             index = len(ids)
             ids.append(batch["image_id"][i].numpy().decode())
@@ -74,95 +72,103 @@ def predict(model, config, image_ids, *, progress=True):
                          if valid.any() else np.zeros((0, 4)))
             box_labels.append(batch["box_labels"][i].numpy()[valid])
             if valid.any():
-                maps[index] = batch_maps[i]
-                regions[index] = batch_regions[i]
                 images[index] = batch["image"][i].numpy().mean(axis=-1)
+            for k in np.unique(box_labels[-1]):
+                pair_index.append(index)
+                pair_class.append(int(k))
+                for v in variants:
+                    pair_maps[v].append(batch_maps[v][i, ..., k])
         labels.append(batch["labels"].numpy())
         probs.append(task.scores(outputs).numpy())
     if len(ids) < len(image_ids):  # only with data.skip_corrupt; the pipeline named them
         logging.warning("evaluated %d of the %d selected images: %d corrupt records skipped "
                         "(data.skip_corrupt=True)", len(ids), len(image_ids),
                         len(image_ids) - len(ids))
+    patients = _patients(config, [ids[i] for i in pair_index])
+    pairs = {}
+    for v in variants:
+        maps = np.stack(pair_maps[v]).astype(np.float32) if pair_index else np.zeros((0, 1, 1))
+        pairs[v] = localize.Pairs(
+            image_ids=[ids[i] for i in pair_index],
+            class_ids=np.array(pair_class, dtype=np.int64), maps=maps,
+            true_boxes=[boxes[i][box_labels[i] == k] for i, k in zip(pair_index, pair_class)],
+            patients=patients, image_size=size)
     return Predictions(ids, np.concatenate(labels), np.concatenate(probs), boxes, box_labels,
-                       maps, regions, images, size)
+                       pairs, images, size)
 
 
-def localization_overlaps(pred, shift_rng=None):
-    """(class_ids, iou, ior) over every (image, boxed class) pair of the predictions.
-
-    With `shift_rng` (a numpy Generator), each region is first rolled by a random offset on
-    its grid (same shape and size, random place): the chance level of the model's regions.
-    """
-    class_ids, ious, iors = [], [], []
-    for index, class_regions in pred.regions.items():
-        for k in np.unique(pred.box_labels[index]):
-            region = class_regions[..., k]
-            if shift_rng is not None:
-                region = np.roll(region, shift_rng.integers(0, region.shape), axis=(0, 1))
-            iou, ior = localization.iou_and_ior(region, pred.boxes[index][pred.box_labels[index]
-                                                                          == k],
-                                                pred.image_size, pred.image_ids[index])
-            class_ids.append(int(k))
-            ious.append(iou)
-            iors.append(ior)
-    return np.array(class_ids, dtype=np.int64), np.array(ious), np.array(iors)
+def _patients(config, image_ids):
+    """The patient of each image (the halves of "cross-tuned" keep a patient together)."""
+    if not image_ids:
+        return []
+    table = manifest_lib.read_metadata(config.data.manifest).set_index("image_id")
+    return [str(p) for p in table.loc[image_ids, "patient_id"]]
 
 
-def compute_results(pred, config, split):
-    """The `results` dict (see `evaluation.results`) of Li et al.'s metrics."""
+@dataclasses.dataclass
+class Localized:
+    """The localization of one map variant: the protocol, the outcome at every candidate
+    threshold, the selected thresholds, and the `results` entries."""
+    protocol: protocol_lib.Protocol
+    table: dict
+    selection: localize.Selection
+    results: dict
+
+
+def localize_variant(pred, config, variant=""):
+    """`Localized` of the map variant's pairs under the config's protocol."""
+    task = tasks_lib.get_task(config.task)(config)
+    protocol = protocol_lib.Protocol.from_config(config.eval)
+    pairs = pred.pairs[variant]
+    table = localize.outcomes(pairs, task.region_rule, protocol)
+    chosen = localize.select_thresholds(pairs, table, protocol)
+    return Localized(protocol, table, chosen,
+                     localize.localization_results(pairs, table, chosen, protocol))
+
+
+def compute_results(pred, config, split, variant="", localized=None):
+    """The `results` dict (see `evaluation.results`) of the papers' metrics for one map
+    variant: AUC of the task's scores, localization under the config's protocol."""
     thresholded = auc_lib.roc_auc_thresholded(pred.labels, pred.probs)
     exact = auc_lib.roc_auc_exact(pred.labels, pred.probs)
     counts = pred.labels.sum(axis=0).astype(int)
+    localized = localized or localize_variant(pred, config, variant)
     out = {
         "auc": results_lib.class_table(thresholded.per_class, thresholded.mean, counts),
         "auc_exact": results_lib.class_table(exact.per_class, exact.mean, counts),
-        "thresholds": {"selection": "fixed", "values": {
-            name: config.eval.region_threshold for name in BOXED_CLASSES}},
         "split": split,
         "num_images": len(pred.image_ids),
+        **localized.results,
     }
     if config.eval.experiment:
         out["experiment"] = config.eval.experiment
-    thresholds = tuple(config.eval.iou_thresholds)
-    class_ids, ious, iors = localization_overlaps(pred)
-    if len(class_ids):
-        out["localization"] = _accuracy(class_ids, ious, iors, thresholds)
-        rng = np.random.default_rng(0)
-        draws = [localization_overlaps(pred, rng)
-                 for _ in range(CHANCE_DRAWS)]
-        out["localization_chance"] = _accuracy(
-            np.concatenate([d[0] for d in draws]), np.concatenate([d[1] for d in draws]),
-            np.concatenate([d[2] for d in draws]), thresholds, draws=CHANCE_DRAWS)
     return out
 
 
-def _accuracy(class_ids, ious, iors, thresholds, draws=1):
-    """Localization accuracy tables; `draws` repeats of each pair count as one image."""
-    out = {"inclusive": False}
-    for name, values in (("iou", ious), ("ior", iors)):
-        table = localization.localization_accuracy(class_ids, values, thresholds)
-        out[name] = results_lib.accuracy_tables(table.per_class, thresholds, table.mean,
-                                                np.asarray(table.counts) // draws)
-    return out
-
-
-def write_figures(pred, config, out_dir):
+def write_figures(pred, config, out_dir, variant="", localized=None):
     """ROC curves and one heat-map gallery per boxed class; returns {caption: path}."""
+    localized = localized or localize_variant(pred, config, variant)
+    pairs = pred.pairs[variant]
     paths = {"ROC curves": figures.plot_roc_curves(pred.labels, pred.probs,
                                                    os.path.join(out_dir, "roc_curves.png"))}
+    task = tasks_lib.get_task(config.task)(config)
     for k, name in enumerate(BOXED_CLASSES):
-        chosen = [i for i in sorted(pred.maps) if k in pred.box_labels[i]]
-        chosen = chosen[:config.eval.gallery_images]
-        if not chosen:
+        chosen = np.flatnonzero(pairs.class_ids == k)[:config.eval.gallery_images]
+        if not len(chosen):
             continue
-        maps = [pred.maps[i][..., k] for i in chosen]
-        paths[f"{name}: heat maps, true boxes (yellow), region p > "
-              f"{config.eval.region_threshold} (cyan)"] = figures.plot_heatmap_gallery(
-            [pred.images[i] for i in chosen], maps,
-            [pred.boxes[i][pred.box_labels[i] == k] for i in chosen],
-            [pred.regions[i][..., k] for i in chosen],
-            [f"{pred.image_ids[i]}  p={pred.probs[i, k]:.2f}" for i in chosen],
-            os.path.join(out_dir, f"heatmaps_{name}.png"))
+        thresholds = localized.selection.at(0)[chosen]
+        regions = [localize.region_masks(pairs.maps[j:j + 1], task.region_rule(float(t)))[0]
+                   for j, t in zip(chosen, thresholds)]
+        index = {image_id: i for i, image_id in enumerate(pred.image_ids)}
+        rule = ("thresholds " + localized.selection.record["selection"]
+                if localized.protocol.tuned else f"map > {config.eval.region_threshold}")
+        paths[f"{name}: heat maps, true boxes (yellow), regions at {rule} (cyan)"] = (
+            figures.plot_heatmap_gallery(
+                [pred.images[index[pairs.image_ids[j]]] for j in chosen],
+                [pairs.maps[j] for j in chosen], [pairs.true_boxes[j] for j in chosen], regions,
+                [f"{pairs.image_ids[j]}  p={pred.probs[index[pairs.image_ids[j]], k]:.2f}"
+                 for j in chosen],
+                os.path.join(out_dir, f"heatmaps_{name}.png")))
     return paths
 
 
@@ -184,9 +190,18 @@ def eval_dir(workdir, split, checkpoint="latest"):
     return os.path.join(workdir, "eval", name)
 
 
+def checkpoint_stage(workdir, path):
+    """The name of the stage a checkpoint path belongs to (W/stages/<i>_<name>/...)."""
+    relative = os.path.relpath(os.path.realpath(path),
+                               os.path.realpath(os.path.join(workdir, workdir_lib.STAGES_DIR)))
+    return relative.split(os.sep)[0].partition("_")[2]
+
+
 def evaluate(workdir, checkpoint="latest", split="test_fold", progress=True):
     """Evaluates a training run; returns the paths of the files written under
-    `eval_dir(workdir, split, checkpoint)`.
+    `eval_dir(workdir, split, checkpoint)` (the first map variant of the task; each other
+    variant of `Task.map_variants` in its own subfolder, `{variant: paths}` under
+    "variants").
 
     Raises:
         ValueError: the set was rebuilt since the run trained on it (`run_identity`).
@@ -197,12 +212,22 @@ def evaluate(workdir, checkpoint="latest", split="test_fold", progress=True):
         raise ValueError(f"split {split} of {config.data.manifest} holds no image")
     run_identity.check_manifest(workdir, config.data.manifest)
     pred = predict(model, config, ids, progress=progress)
+    task_class = tasks_lib.get_task(config.task)
+    task = task_class(config)
+    stage = checkpoint_stage(workdir, path)
+    details = task.report_details(model)
     out_dir = eval_dir(workdir, split, checkpoint)
-    os.makedirs(out_dir, exist_ok=True)
-    results = compute_results(pred, config, split)
-    task = tasks_lib.get_task(config.task)
-    paths = report.write_report(out_dir, results, task.published or task.name,
-                                config=config.to_dict(), checkpoint=path,
-                                figures=write_figures(pred, config, out_dir),
-                                against=task.published_row)
-    return {**paths, "out_dir": out_dir}
+    written = {}
+    for i, variant in enumerate(task.map_variants()):
+        variant_dir = out_dir if i == 0 else os.path.join(out_dir, variant)
+        os.makedirs(variant_dir, exist_ok=True)
+        localized = localize_variant(pred, config, variant)
+        results = compute_results(pred, config, split, variant, localized)
+        written[variant] = report.write_report(
+            variant_dir, results, task_class.published or task_class.name,
+            config=config.to_dict(), checkpoint=path,
+            figures=write_figures(pred, config, variant_dir, variant, localized),
+            against=task.comparison_row(stage, variant), variant=variant, stage=stage,
+            details=details)
+    first = written[task.map_variants()[0]]
+    return {**first, "out_dir": out_dir, "variants": written}

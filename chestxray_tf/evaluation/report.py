@@ -75,8 +75,10 @@ def _difference(ours, published):
 
 def _run_label(runs, name):
     """The label of our row: `name`, marked when the thresholds were test-tuned."""
-    if "test-tuned" in {r.get("thresholds", {}).get("selection") for r in runs}:
-        return f"{name}, test-tuned thresholds"
+    selections = {r.get("thresholds", {}).get("selection") for r in runs}
+    for tuned in ("test-tuned", "cross-tuned"):
+        if tuned in selections:
+            return f"{name}, {tuned} thresholds"
     return name
 
 
@@ -111,8 +113,10 @@ def compare_table(table, runs, ddof=1, name="this run", against="paper"):
         runs: normalised results of one run, or of every fold of a cross-validation.
         ddof: delta degrees of freedom of the std over runs.
         name: what our row is called ("this run"; `cv_report`: "this CV (5 folds)").
-        against: the role of the published row the difference is taken to: "paper" (the
-            paper's own method) or "baseline" (its reference, e.g. for our `baseline` task).
+        against: the published row the difference is taken to: a role, "paper" (the
+            paper's own method) or "baseline" (its reference, e.g. for our `baseline` task),
+            or a row's "method" (an ablation row, e.g. Hermoza et al.'s "Sal"); a group
+            without such a row compares with its "paper" row.
 
     Returns:
         dict: the table's description and "groups": [{"label", "rows"}], each row with
@@ -133,7 +137,7 @@ def compare_table(table, runs, ddof=1, name="this run", against="paper"):
             if "paired_values" in row:
                 out["paired_values"] = row["paired_values"]
             out_rows.append(out)
-        reference = next((r for r in rows if r["role"] == against), None)
+        reference = next((r for r in rows if against in (r["role"], r["method"])), None)
         if reference is None:
             reference = next(r for r in rows if r["role"] == "paper")
         experiment = reference.get("experiment", table.get("experiment"))
@@ -323,8 +327,39 @@ def _figure_links(figures, out_dir):
     return links
 
 
-def report_markdown(title, header_lines, tables, all_metrics, figure_links, config):
-    """The Markdown of a report: header, the paper's tables, every metric, figures, config."""
+def details_markdown(details):
+    """Markdown of a task's extra tables ({title: {"columns", "rows"}}, `Task.report_details`)."""
+    lines = []
+    for title, table in details.items():
+        lines += [f"### {title}", "", "| " + " | ".join(table["columns"]) + " |",
+                  "|" + "---|" * len(table["columns"])]
+        lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table["rows"]]
+        lines.append("")
+    return lines
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return MISSING if math.isnan(value) else f"{value:.3f}"
+    return MISSING if value is None else str(value)
+
+
+def check_details(details):
+    """`details` with every row as long as its columns; raises ValueError naming the table."""
+    for title, table in details.items():
+        if set(table) != {"columns", "rows"}:
+            raise ValueError(f"report details {title!r} must have 'columns' and 'rows'")
+        for row in table["rows"]:
+            if len(row) != len(table["columns"]):
+                raise ValueError(f"report details {title!r}: row {row!r} has {len(row)} "
+                                 f"values for {len(table['columns'])} columns")
+    return details
+
+
+def report_markdown(title, header_lines, tables, all_metrics, figure_links, config,
+                    details=None):
+    """The Markdown of a report: header, the paper's tables, every metric, the task's
+    details, figures, config."""
     lines = [f"# {title}", ""] + header_lines + [""]
     if tables:
         lines += ["## The paper's tables", "",
@@ -336,6 +371,8 @@ def report_markdown(title, header_lines, tables, all_metrics, figure_links, conf
         for table in tables:
             lines += table_markdown(table)
     lines += ["## Every metric", ""] + table_markdown(all_metrics)
+    if details:
+        lines += ["## Details of the model", ""] + details_markdown(details)
     if figure_links:
         lines += ["## Figures", ""]
         lines += [f"![{caption}]({urllib.parse.quote(link)})\n"
@@ -354,7 +391,7 @@ def write_json(path, payload):
 
 
 def write_report(out_dir, results, paper, *, config=None, checkpoint=None, figures=None,
-                 against="paper"):
+                 against="paper", variant="", stage="", details=None):
     """Writes `report.json` and `report.md` of one evaluated run under `out_dir`.
 
     Args:
@@ -365,7 +402,10 @@ def write_report(out_dir, results, paper, *, config=None, checkpoint=None, figur
         checkpoint: the checkpoint the run was evaluated from.
         figures: {caption: path} or [paths] of PNGs (e.g. from `figures.py`), linked relative
             to `out_dir`.
-        against: the published row role our difference is taken to (`compare_table`).
+        against: the published row our difference is taken to (`compare_table`).
+        variant: the map variant evaluated (`Task.map_variants`; "" = the task's map).
+        stage: the training stage the checkpoint comes from.
+        details: the task's extra tables (`Task.report_details`).
 
     Returns:
         {"json": path, "markdown": path}.
@@ -374,24 +414,34 @@ def write_report(out_dir, results, paper, *, config=None, checkpoint=None, figur
     out_dir.mkdir(parents=True, exist_ok=True)
     published = load_published(paper)
     run = normalize_results(results)
-    tables = compare(published, [run], against=against)
+    details = jsonable(check_details(details or {}))
+    name = f"this run ({variant})" if variant else "this run"
+    tables = compare(published, [run], name=name, against=against)
     all_metrics = all_metrics_table([run])
     links = _figure_links(figures, out_dir)
     config = jsonable(config)
     checkpoint = None if checkpoint is None else str(checkpoint)
-    payload = {"paper": paper, "compared_with": against, "source": published["source"],
-               "checkpoint": checkpoint,
-               "config": config, "results": run, "tables": tables, "figures": links}
+    payload = {"paper": paper, "compared_with": against, "variant": variant, "stage": stage,
+               "source": published["source"], "checkpoint": checkpoint,
+               "config": config, "results": run, "tables": tables, "details": details,
+               "figures": links}
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
     write_json(paths["json"], payload)
     header = [f"Paper: {published['source']['citation']}", "",
               f"- checkpoint: `{checkpoint}`" if checkpoint else "- checkpoint: (not given)"]
+    header += [f"- {key}: {value}" for key, value in (("stage", stage), ("map", variant))
+               if value]
+    header.append(f"- compared with: {against}")
     for key in ("split", "num_images", "experiment"):
         if key in run:
             header.append(f"- {key.replace('_', ' ')}: {run[key]}")
     if "thresholds" in run:
-        header.append(f"- binarisation thresholds: {run['thresholds']['selection']}")
+        chosen = run["thresholds"]
+        values = ", ".join(f"{k} {v:g}" for k, v in chosen["values"].items() if v is not None)
+        header.append(f"- binarisation thresholds: {chosen['selection']}"
+                      + (f" ({values})" if chosen["selection"] != "fixed" else
+                         f" ({next(iter(chosen['values'].values()), '')})"))
     markdown = report_markdown(f"Evaluation report ({paper})", header, tables, all_metrics,
-                               links, config)
+                               links, config, details)
     paths["markdown"].write_text(markdown, encoding="utf-8")
     return {k: str(v) for k, v in paths.items()}

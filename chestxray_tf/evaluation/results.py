@@ -18,8 +18,10 @@ The evaluation code fills it (with `class_table` / `accuracy_tables` from the ou
       "cdice": TABLE,        # continuous Dice (Hermoza et al. Table 2, SPEC §5)
       "afp": {"0.3": TABLE, "0.5": TABLE},  # average false positives at T(IoU) (Sedai Table 1)
       "thresholds": {        # the binarisation thresholds of the maps
-        "selection": "fixed" | "validation" | "test-tuned",  # test-tuned: Hermoza's protocol
-        "values": {class: float},
+        "selection": "fixed" | "validation" | "test-tuned" | "cross-tuned",
+        "values": {class: float},       # cross-tuned: the mean of the two halves'
+        "per_threshold": {T: {class: float}},  # optional: tuned per (class, T) (Sedai)
+        "halves": [{"values", ...}, ...],      # cross-tuned: each patient half's thresholds
       },
       "experiment": "B",     # which of the paper's experiments the run reproduces (the
                              # "experiment" of a published table or row), if it has several
@@ -49,7 +51,7 @@ THRESHOLDED_METRICS = LOCALIZATION_METRICS + ("afp",)
 METRICS = ("auc", "auc_exact", "average_iou", "cdice") + THRESHOLDED_METRICS
 RESULT_KEYS = ("auc", "auc_exact", "localization", "localization_chance", "average_iou", "cdice",
                "afp", "thresholds", "experiment", "split", "num_images")
-THRESHOLD_SELECTIONS = ("fixed", "validation", "test-tuned")
+THRESHOLD_SELECTIONS = ("fixed", "validation", "test-tuned", "cross-tuned")
 
 
 def threshold_key(threshold):
@@ -196,17 +198,35 @@ def normalize_results(results):
     return out
 
 
+def _class_values(values, where):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a dict {{class: threshold}}")
+    return {canonical_name(k, where): number_or_none(v, f"{where}[{k}]")
+            for k, v in values.items()}
+
+
 def _normalize_selection(thresholds):
     where = "results['thresholds']"
-    if not isinstance(thresholds, dict) or set(thresholds) - {"selection", "values"}:
-        raise ValueError(f"{where} must be a dict with 'selection' and 'values'")
+    if not isinstance(thresholds, dict) or set(thresholds) - {"selection", "values",
+                                                              "per_threshold", "halves"}:
+        raise ValueError(f"{where} must be a dict with 'selection' and 'values' (and "
+                         "'per_threshold', 'halves')")
     selection = thresholds.get("selection")
     if selection not in THRESHOLD_SELECTIONS:
         raise ValueError(f"{where}['selection'] = {selection!r}, expected one of "
                          f"{THRESHOLD_SELECTIONS}")
-    values = {canonical_name(k, where): number_or_none(v, f"{where}['values'][{k}]")
-              for k, v in thresholds.get("values", {}).items()}
-    return {"selection": selection, "values": values}
+    out = {"selection": selection,
+           "values": _class_values(thresholds.get("values", {}), f"{where}['values']")}
+    if "per_threshold" in thresholds:
+        out["per_threshold"] = {
+            threshold_key(t): _class_values(v, f"{where}['per_threshold'][{t}]")
+            for t, v in thresholds["per_threshold"].items()}
+    if "halves" in thresholds:
+        out["halves"] = [_normalize_selection({"selection": selection, **half})
+                         for half in thresholds["halves"]]
+        for half in out["halves"]:
+            del half["selection"]
+    return out
 
 
 def metric_table(results, metric, threshold):

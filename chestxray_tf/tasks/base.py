@@ -26,7 +26,6 @@ from chestxray_tf.labels import CLASS_NAMES
 
 STAGE_KINDS = ("gradient", "compute")
 REGION_KEEP = ("all", "largest", "each")
-THRESHOLD_SELECTIONS = ("fixed",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,23 +237,35 @@ class Task:
         """Image-level probabilities [B, K] (AUC, predict's findings)."""
         return outputs[self.score_key]
 
-    def maps(self, outputs):
-        """Localization maps [B, h, w, K] in [0, 1]."""
+    def maps(self, outputs, variant=""):
+        """Localization maps [B, h, w, K] in [0, 1] of map variant `variant` ("" = the
+        task's main map, the one export and predict serve)."""
+        del variant
         return outputs[self.map_key]
 
+    def map_variants(self):
+        """The map variants evaluation measures, the main one first (`("",)`: one map;
+        Hermoza et al.'s Sal / Det / Mix are three)."""
+        return ("",)
+
     def region_rule(self, threshold=None):
-        """The `RegionRule` of the task's maps (threshold: default `config.eval`'s)."""
-        return RegionRule(threshold=self.config.eval.region_threshold
-                          if threshold is None else float(threshold))
+        """The `RegionRule` of the task's maps from `config.eval` (threshold: default
+        `region_threshold`; `region_inclusive`, `region_keep`, `max_regions`)."""
+        e = self.config.eval
+        return RegionRule(threshold=e.region_threshold if threshold is None else float(threshold),
+                          inclusive=bool(e.get("region_inclusive", False)),
+                          keep=e.get("region_keep", "all"),
+                          max_regions=int(e.get("max_regions", 1)))
 
-    def threshold_selection(self):
-        """How the map thresholds are chosen (`config.eval.threshold_selection`)."""
-        selection = self.config.eval.threshold_selection
-        if selection not in THRESHOLD_SELECTIONS:
-            raise ValueError(f"config.eval.threshold_selection={selection!r}: this version "
-                             f"supports {', '.join(THRESHOLD_SELECTIONS)}")
-        return selection
+    def comparison_row(self, stage, variant=""):
+        """The published row our row is compared with: a role ("paper", "baseline") or the
+        "method" of a row of the paper's published file, for a checkpoint of stage `stage`
+        and map variant `variant`."""
+        del stage, variant
+        return self.published_row
 
-    def localization_inclusive(self):
-        """Whether accuracy at T counts IoU >= T (True) or IoU > T (False, Li et al.)."""
-        return False
+    def report_details(self, model):
+        """Extra tables of the evaluation report: {title: {"columns": [str], "rows":
+        [[label, value, ...]]}} (e.g. learned weights per class, the options a run used)."""
+        del model
+        return {}

@@ -12,6 +12,7 @@ another paper's builder: `--config.model.fpn_channels=...` on Li's config is an 
 import ml_collections
 
 from chestxray_tf import tasks as tasks_lib
+from chestxray_tf.evaluation import protocol
 
 
 def base_config(task="li2018"):
@@ -79,9 +80,25 @@ def shared_config():
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 8
+    # The localization protocol (`chestxray_tf.evaluation.protocol`); defaults: Li et al.
+    config.eval.localization = "regions"         # regions (IoU / IoR of the region with the
+                                                 # true boxes) | boxes (a box per region,
+                                                 # best box IoU: Sedai, Hermoza, Kim)
     config.eval.region_threshold = 0.5           # T_s: patches with p > 0.5 form the region
+    config.eval.region_inclusive = False         # True: map >= T_s
+    config.eval.region_keep = "all"              # all (one region) | largest | each
+    config.eval.max_regions = 1                  # regions (boxes) per class with "each"
     config.eval.iou_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-    config.eval.threshold_selection = "fixed"    # map thresholds: fixed (region_threshold)
+    config.eval.inclusive = False                # True: a hit is overlap >= T
+    config.eval.afp = False                      # boxes: average false positives per T
+    config.eval.average_iou = False              # boxes: mean best-box IoU
+    config.eval.cdice = False                    # continuous Dice of the maps
+    config.eval.threshold_selection = "fixed"    # fixed (region_threshold) | test-tuned |
+                                                 # cross-tuned (patient halves)
+    config.eval.tune_grid = protocol.DEFAULT_TUNE_GRID
+    config.eval.tune_metric = "accuracy"         # accuracy (mean over iou_thresholds) |
+                                                 # average_iou
+    config.eval.tune_per_threshold = False       # one threshold per class and T
     config.eval.experiment = "B"                 # the paper's experiment (Li: A = Table 1,
                                                  # B = Table 2) the report compares with
     config.eval.gallery_images = 8               # heat-map overlays per class in the report

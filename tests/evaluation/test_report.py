@@ -106,8 +106,8 @@ def test_report_json_keeps_every_metric_config_and_checkpoint(tmp_path):
     config = ml_collections.ConfigDict({"model": {"grid": 16, "widths": (8, 16)}, "lr": 1e-3})
     payload, _ = write(tmp_path, "li2018", full_results(), config=config,
                        checkpoint=tmp_path / "ckpt-7")
-    assert set(payload) == {"paper", "compared_with", "source", "checkpoint", "config",
-                            "results", "tables", "figures"}
+    assert set(payload) == {"paper", "compared_with", "variant", "stage", "source",
+                            "checkpoint", "config", "results", "tables", "details", "figures"}
     assert payload["config"] == {"model": {"grid": 16, "widths": [8, 16]}, "lr": 1e-3}
     assert payload["checkpoint"] == str(tmp_path / "ckpt-7")
     results = payload["results"]
@@ -302,3 +302,26 @@ def test_jsonable():
              "d": float("inf"), 3: Opaque()}
     assert report.jsonable(value) == {"a": 0.5, "b": [1, 2], "c": [[1.0, None]], "d": None,
                                       "3": "<object>"}
+
+
+def test_details_variant_and_a_method_row_as_reference(tmp_path):
+    """A task's extra tables land in both files; `against` may name a published row's method
+    (Hermoza et al.'s "Sal"): the difference is then taken to that row."""
+    details = {"Relevance weights": {"columns": ["class", "block 2", "block 3"],
+                                     "rows": [["Nodule", 0.625, 0.375]]}}
+    results = {"average_iou": {"per_class": {name: 0.5 for name in BOXED_CLASSES}},
+               "auc": {"per_class": {name: 0.5 for name in CLASS_NAMES}}}
+    paths = report.write_report(tmp_path, results, "hermoza2020", against="Sal",
+                                variant="sal", stage="joint", details=details)
+    payload = json.loads(open(paths["json"]).read())
+    assert payload["details"] == details and payload["variant"] == "sal"
+    table2 = next(t for t in payload["tables"] if t["id"] == "table2")
+    iou_group = next(g for g in table2["groups"] if g["label"] == "IoU")
+    difference = next(r for r in iou_group["rows"] if r["kind"] == "difference")
+    assert difference["method"].endswith("(Sal)")
+    markdown = open(paths["markdown"]).read()
+    assert "### Relevance weights" in markdown and "| Nodule | 0.625 | 0.375 |" in markdown
+    assert "this run (sal)" in markdown
+    with pytest.raises(ValueError, match="Relevance weights"):
+        report.write_report(tmp_path / "bad", results, "hermoza2020", details={
+            "Relevance weights": {"columns": ["class"], "rows": [["Nodule", 1.0]]}})
