@@ -58,13 +58,14 @@ def shared_config():
     config.train.lr_decay_epochs = 10            # x lr_decay_factor every 10 epochs
     config.train.lr_decay_factor = 0.1
     config.train.lr_staircase = True             # False: continuous exponential decay
+    config.train.lr_decay_min_fraction = 0.0     # decay period >= this x num_steps
     config.train.lr_schedule = "step"            # step (the decay above) | plateau:
     config.train.plateau_patience = 1            #   lr x plateau_factor after `patience`
     config.train.plateau_factor = 0.1            #   validations whose val loss did not fall
     config.train.plateau_min_delta = 1e-4        #   below the best by min_delta; the stage
     config.train.plateau_min_lr = 0.0            #   stops when a plateau hits lr <= min_lr
     config.train.select_by = "val_auc"           # best checkpoint: val_auc | val_loss
-    config.train.weight_decay = 0.0              # decoupled (adamw only)
+    config.train.weight_decay = 0.0              # adamw: decoupled; adam_l2: coupled
     config.train.momentum = 0.9                  # sgd only
     config.train.jit_compile = False
     config.train.sync_batch_norm = False         # True: batch statistics over all replicas
