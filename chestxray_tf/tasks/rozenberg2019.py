@@ -50,11 +50,11 @@ def round_train_config(train, rounds, index):
     """The train settings of round `index` (0-based) of a phase of `rounds` rounds whose
     `train.num_steps` is the phase's total: num_steps / rounds steps, starting at the lr the
     phase's decay reached, with the decay period of the whole phase (min fraction of the
-    phase's steps, `lr_decay_min_fraction`)."""
+    phase's steps, `lr_decay_min_fraction`; without it each round restarts the schedule)."""
     out = ml_collections.ConfigDict(train.to_dict())
     steps = max(1, train.num_steps // rounds)
     out.num_steps = steps
-    if train.lr_decay_epochs and train.lr_schedule == "step":
+    if train.lr_decay_epochs and train.lr_schedule == "step" and train.lr_decay_min_fraction:
         period = max(1.0, train.lr_decay_min_fraction * train.num_steps)
         out.learning_rate = float(train.learning_rate
                                   * train.lr_decay_factor ** (index * steps / period))
