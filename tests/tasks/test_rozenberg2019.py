@@ -240,3 +240,16 @@ def test_a_later_stage_can_train_layers_an_earlier_stage_froze():
     select_trainable(model, crf_stage.trainable)
     paths = [v.path for v in model.trainable_variables]
     assert paths and all(p.startswith("crf") for p in paths)
+
+
+def test_the_papers_full_size_model_builds_from_the_config():
+    """configs/rozenberg2019.py as published: 512 px, AA ResNet-v2-50, P = 20, K = 14, a 19 x 19
+    CRF window (shapes only; the weights are not loaded)."""
+    config = rozenberg_config.get_config("unannotated=0")
+    model = get_task("rozenberg2019")(config).build_model(pretrained=False)
+    assert model.input_shape == (None, 512, 512, 3)
+    assert model.output["z"].shape[1:] == (20, 20, 14)
+    assert model.output["thresholds"].shape[1:] == (4, 14)
+    assert model.get_layer("crf").window == 19
+    assert sum(1 for layer in model.get_layer("resnet_v2_50").layers
+               if type(layer).__name__ == "BlurPool2D") == 7
