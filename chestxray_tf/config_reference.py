@@ -72,10 +72,20 @@ def _value(value):
     return "`" + repr(value).replace("|", "\\|") + "`"
 
 
+def _meaning(path, comments):
+    """The comment of `path`, else of its nearest section set with one (a section given as
+    a dict, `config.stages.crf = ConfigDict({"num_steps": 1000})  # ...`)."""
+    parts = path.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in comments:
+            return comments[".".join(parts[:end])]
+    return ""
+
+
 def _table(rows, comments):
     lines = ["| field | default | meaning |", "|---|---|---|"]
     for path, value, none_able in rows:
-        meaning = comments.get(path, "").replace("|", "\\|")
+        meaning = _meaning(path, comments).replace("|", "\\|")
         default = _value(value) + (" (or None)" if none_able else "")
         lines.append(f"| `{path}` | {default} | {meaning} |")
     return lines

@@ -140,7 +140,7 @@ def select_trainable(model, globs):
     Raises:
         ValueError: a glob selects no layer (a typo would silently freeze everything).
     """
-    model.trainable = True
+    _unfreeze(model)
     globs = tuple(globs)
     if globs == ("*",):
         return [model.name]
@@ -165,6 +165,14 @@ def select_trainable(model, globs):
     if unused:
         raise ValueError(f"trainable globs {unused} select no layer of {model.name}")
     return selected
+
+
+def _unfreeze(layer):
+    """Makes `layer` and every layer inside it trainable (a Functional model's `trainable =
+    True` does not reach sub-layers an earlier stage froze)."""
+    layer.trainable = True
+    for child in getattr(layer, "_layers", []):
+        _unfreeze(child)
 
 
 def stage_train_config(config, name):

@@ -55,11 +55,12 @@ def shared_config():
     config.train.batch_size = 5                  # per replica; global = 5 x replicas
     config.train.num_steps = 500_000             # "500k iterations of minibatch"
     config.train.steps_per_epoch = 0             # 0: one pass over the training images
-    config.train.optimizer = "adam"              # adam | adamw | sgd
+    config.train.optimizer = "adam"              # adam | adam_l2 | adamw | sgd
     config.train.learning_rate = 1e-3            # initial learning rate
     config.train.lr_decay_epochs = 10            # x lr_decay_factor every 10 epochs
     config.train.lr_decay_factor = 0.1           # step schedule: the factor
     config.train.lr_staircase = True             # False: continuous exponential decay
+    config.train.lr_decay_min_fraction = 0.0     # step: decay period >= this x num_steps
     config.train.lr_schedule = "step"            # step (lr_decay_*) | plateau (plateau_*)
     config.train.plateau_patience = 1            # plateau: validations without a better val
                                                  # loss before lr x plateau_factor
@@ -68,7 +69,7 @@ def shared_config():
     config.train.plateau_min_lr = 0.0            # plateau: the stage stops when a plateau
                                                  # hits lr <= plateau_min_lr
     config.train.select_by = "val_auc"           # best checkpoint: val_auc | val_loss
-    config.train.weight_decay = 0.0              # decoupled (adamw only)
+    config.train.weight_decay = 0.0              # adamw: decoupled; adam_l2: coupled
     config.train.momentum = 0.9                  # sgd only
     config.train.jit_compile = False             # XLA-compile the train step
     config.train.sync_batch_norm = False         # True: batch statistics over all replicas

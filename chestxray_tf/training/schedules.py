@@ -1,7 +1,10 @@
 """Learning-rate rules of the stages (`config.train` / `config.stages.<name>`).
 
 * "step": lr x `lr_decay_factor` every `lr_decay_epochs` epochs (Li et al.: x0.1 every 10
-  epochs), staircase or continuous (`lr_staircase`); constant when `lr_decay_epochs` is 0.
+  epochs), staircase or continuous (`lr_staircase`); constant when `lr_decay_epochs` is 0;
+  with `lr_decay_min_fraction` > 0 the decay period is at least that fraction of the stage's
+  `num_steps` (a schedule sized to the stage: Rozenberg et al.'s "exponentially-decaying"
+  lr over short stages).
 * "plateau": `Plateau`, lr x `plateau_factor` when the validation loss has not fallen below the
   best by `plateau_min_delta` for `plateau_patience` validations (CheXNet's recipe, which
   Sedai et al. follow), and a stop rule: the stage ends when a plateau is hit at
@@ -26,7 +29,9 @@ def learning_rate_schedule(train_config, steps_per_epoch):
         return train_config.learning_rate
     return keras.optimizers.schedules.ExponentialDecay(
         initial_learning_rate=train_config.learning_rate,
-        decay_steps=int(train_config.lr_decay_epochs * steps_per_epoch),
+        decay_steps=max(int(train_config.lr_decay_epochs * steps_per_epoch),
+                        int(train_config.get("lr_decay_min_fraction", 0.0)
+                            * train_config.num_steps), 1),
         decay_rate=train_config.lr_decay_factor,
         staircase=train_config.lr_staircase)
 
