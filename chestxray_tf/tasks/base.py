@@ -140,7 +140,10 @@ def select_trainable(model, globs):
     Raises:
         ValueError: a glob selects no layer (a typo would silently freeze everything).
     """
-    model.trainable = True
+    # Every layer, nested ones included: `model.trainable = True` on a model already marked
+    # trainable leaves the nested layers an earlier stage froze frozen (Keras 3.15).
+    for layer in model._flatten_layers():  # pylint: disable=protected-access
+        layer.trainable = True
     globs = tuple(globs)
     if globs == ("*",):
         return [model.name]
