@@ -318,3 +318,20 @@ def test_select_trainable_unfreezes_nested_layers_an_earlier_stage_froze():
     assert len(model.trainable_variables) == 2 and not inner.trainable
     assert base.select_trainable(model, ("inner",)) == ["inner"]
     assert {v.path for v in model.trainable_variables} == {v.path for v in inner.weights}
+
+
+def test_full_size_networks_build_with_the_papers_layers():
+    """The paper's ResNet-50 / ResNet-18 (not tiny) in the task's model, at 64 px for speed."""
+    config = kim_config("")
+    config.data.image_size = 64
+    config.model.update(weights=None, cam_size=16)
+    assert (config.model.backbone, config.model.aligner_backbone) == ("resnet50", "resnet18")
+    model = kim.Kim(config).build_model()
+    outputs = model(np.zeros((1, 64, 64, 3), np.float32))
+    assert outputs["base_cam_scores"].shape == (1, 2, 2, 14)  # stride 32
+    assert outputs["cam"].shape == (1, 16, 16, 14) and outputs["params"].shape == (1, 5)
+    features = model.get_layer("kim_base").get_layer("kim_base_backbone").output
+    assert features.shape[-1] == 2048
+    aligner = model.get_layer("kim_aligner").get_layer("kim_aligner_backbone").output
+    assert aligner.shape[-1] == 512
+    np.testing.assert_allclose(outputs["params"], [[1, 1, 0, 0, 0]])  # identity at init
