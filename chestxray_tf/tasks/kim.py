@@ -116,10 +116,13 @@ class Kim(base.Task):
             stage.batch_size = min(stage.batch_size, config.train.batch_size)
 
     # -------------------------------------------------------------- model
-    def _backbone(self, name):
-        _choice("model.backbone", name, tuple(BACKBONES))
+    def _backbone(self, field):
+        """The resnet_v1 configuration of `config.model.<field>` (`model.strides` applies to
+        the classifiers' `backbone` only)."""
+        name = self.config.model[field]
+        _choice(f"model.{field}", name, tuple(BACKBONES))
         structure = dict(BACKBONES[name])
-        if self.config.model.strides is not None and name == self.config.model.backbone:
+        if self.config.model.strides is not None and field == "backbone":
             structure["strides"] = tuple(self.config.model.strides)
         return structure
 
@@ -129,8 +132,8 @@ class Kim(base.Task):
         _choice("loss.wbce_scope", self.config.loss.wbce_scope, WBCE_SCOPES)
         _choice("loss.alignment_form", self.config.loss.alignment_form, LOSS_FORMS)
         model = kim_model.build_kim(
-            self.config.data.image_size, backbone=self._backbone(m.backbone),
-            aligner_backbone=self._backbone(m.aligner_backbone), num_classes=m.num_classes,
+            self.config.data.image_size, backbone=self._backbone("backbone"),
+            aligner_backbone=self._backbone("aligner_backbone"), num_classes=m.num_classes,
             weights=m.weights if pretrained else None,
             aligner_weights=m.aligner_weights if pretrained else None, bounded=m.bounded,
             hidden=m.hidden, fill_value=m.fill_value, attention=m.attention,
