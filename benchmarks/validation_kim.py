@@ -104,7 +104,7 @@ def markdown(records, seeds, meta):
              f"Steps per stage (batch 16): {STEPS}. Mean ± sample std over seeds; the chance "
              "level is the accuracy of the same boxes placed at random.", "",
              "| model | " + " | ".join(f"acc IoU>{t}" for t in THRESHOLDS)
-             + " | chance IoU>0.3 | mean AUC |", "|---" * (len(THRESHOLDS) + 3) + "|---|"]
+             + " | chance IoU>0.3 | mean AUC |", "|---" * (len(THRESHOLDS) + 2) + "|---|"]
     for label, *_ in ROWS:
         rows = records[label]
         lines.append(f"| {label} | " + " | ".join(_pm([r[f"iou_{t}"] for r in rows])
