@@ -34,7 +34,7 @@ setup(
     python_requires=">=3.10,<3.14",
     packages=find_packages(include=["chestxray_tf", "chestxray_tf.*", "tfrecords_tools",
                                     "tfrecords_tools.*"]),
-    package_data={"chestxray_tf": ["evaluation/published/*.json"]},
+    package_data={"chestxray_tf": ["evaluation/published/*.json", "models/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     license="Apache-2.0",

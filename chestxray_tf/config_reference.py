@@ -20,7 +20,8 @@ from ml_collections import config_dict
 from chestxray_tf import tasks as tasks_lib
 from chestxray_tf.training import defaults
 
-_ASSIGNMENT = re.compile(r"\s*config\.([\w.]+)\s*=")
+_ASSIGNMENT = re.compile(r"\s*(\w+)\.([\w.]+)\s*=")
+_ALIAS = re.compile(r"\s*(\w+)\s*=\s*config\.([\w.]+)\s*=")  # m = config.model = ...
 SHARED_SECTIONS = ("task", "name", "seed", "data", "train", "eval")
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "configs")
@@ -28,8 +29,8 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 def field_comments(function):
     """{"data.manifest": "path of manifest.json (or its folder)", ...}: the comment of each
-    `config.a.b = ...` line of `function`'s source, continued by the comment-only lines
-    right under it."""
+    `config.a.b = ...` line of `function`'s source (or `m.b = ...` after `m = config.a =
+    ...`), continued by the comment-only lines right under it."""
     source = inspect.getsource(function)
     comments, code_lines = {}, {}
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -38,11 +39,14 @@ def field_comments(function):
         elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
                                 tokenize.DEDENT, tokenize.ENDMARKER):
             code_lines.setdefault(token.start[0], True)
-    out, current = {}, None
+    out, current, aliases = {}, None, {"config": ""}
     for number, line in enumerate(source.splitlines(), start=1):
+        alias = _ALIAS.match(line)
+        if alias:
+            aliases[alias.group(1)] = alias.group(2) + "."
         found = _ASSIGNMENT.match(line)
-        if found and number in code_lines:
-            current = found.group(1)
+        if found and number in code_lines and found.group(1) in aliases:
+            current = aliases[found.group(1)] + found.group(2)
             if number in comments:
                 out[current] = comments[number]
             else:

@@ -124,11 +124,14 @@ def make_alignment_loss(perceptual_net, anchor, pool_size, form="mse"):
     """The S1 loss of the aligned images W_A(I), with phi(I) = B(G(W_A(I))) (Eq. 6) and the
     frozen perceptual network F (S0's `stage_outputs_model`, run in inference mode).
 
-    F_s(A) is computed once here, on the unsmoothed anchor (it is already a mean; brief §2.16).
+    F_s(A) is taken of the unsmoothed anchor (it is already a mean; brief §2.16) at every call,
+    so `anchor` may be a variable that a compute stage writes after the loss is made (the
+    `kim` task's anchor stage); the cost is one image's forward pass per step, and no gradient
+    flows into A or F.
 
     Args:
         perceptual_net: a model image [B, S, S, 3] -> the list of its F_s.
-        anchor: A [S, S, 3].
+        anchor: A [S, S, 3] (an array or a variable).
         pool_size: G's window (S / 32: 16 at 512 px).
         form: "mse" or "literal".
 
@@ -136,14 +139,14 @@ def make_alignment_loss(perceptual_net, anchor, pool_size, form="mse"):
         loss_fn(aligned [B, S, S, 3]) -> (loss [B], {"align_e": [B], "align_p": [B]}).
     """
     _check_choice("loss_form", form, LOSS_FORMS)
-    anchor = ops.convert_to_tensor(anchor, dtype="float32")[None]
-    anchor_features = [ops.stop_gradient(f) for f in _as_list(perceptual_net(anchor,
-                                                                             training=False))]
 
     def loss_fn(aligned):
+        reference = ops.stop_gradient(ops.cast(ops.convert_to_tensor(anchor), "float32")[None])
+        anchor_features = [ops.stop_gradient(f) for f in
+                           _as_list(perceptual_net(reference, training=False))]
         smoothed = grid_smooth(ops.cast(aligned, "float32"), pool_size)
         features = _as_list(perceptual_net(smoothed, training=False))
-        return alignment_loss(anchor, smoothed, anchor_features, features, form)
+        return alignment_loss(reference, smoothed, anchor_features, features, form)
 
     return loss_fn
 

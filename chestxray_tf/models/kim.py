@@ -305,3 +305,92 @@ def build_classifier(image_size=512, *, backbone=RESNET50, num_classes=NUM_CLASS
     maps = OriginalFrameMaps(cam_size, name="cam")(cams if params is None else [cams, params])
     return keras.Model(image, {"image_probs": probs, "cam_scores": cams, "cam": maps},
                        name=name)
+
+
+@keras.saving.register_keras_serializable(package="chestxray_tf")
+class StageSwitch(keras.layers.Layer):
+    """The `kim` task's main outputs: [base outputs, aligned outputs] -> the base classifier's
+    (S0) while the non-trainable scalar `aligned` is 0, the aligned classifier's (S2, S4) once
+    it is 1. The training stages set it (S2's hook), so a checkpoint of any stage, its export
+    and predict serve that stage's model; each argument is a list of tensors of equal shapes.
+    """
+
+    def build(self, input_shape):
+        self.aligned = self.add_weight(shape=(), name="aligned", initializer="zeros",
+                                       trainable=False)
+
+    def call(self, inputs):
+        base, aligned = inputs
+        use_aligned = self.aligned > 0.5
+        return [ops.where(use_aligned, a, b) for b, a in zip(base, aligned)]
+
+    def compute_output_shape(self, input_shape):
+        return list(input_shape[0])
+
+
+@keras.saving.register_keras_serializable(package="chestxray_tf")
+class AnchorImage(keras.layers.Layer):
+    """Holds the anchor image A [S, S, 3] (Sec. 3.2) as a non-trainable weight, zero until the
+    anchor stage writes it, so it is checkpointed and exported with the model; the call passes
+    its input through unchanged (the layer sits on the aligner's parameters)."""
+
+    def __init__(self, image_size, **kwargs):
+        super().__init__(**kwargs)
+        self.image_size = int(image_size)
+
+    def build(self, input_shape):
+        self.image = self.add_weight(shape=(self.image_size, self.image_size, 3), name="image",
+                                     initializer="zeros", trainable=False)
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "image_size": self.image_size}
+
+
+def build_kim(image_size=512, *, backbone=RESNET50, aligner_backbone=RESNET18,
+              num_classes=NUM_CLASSES, weights=None, aligner_weights=None, bounded=False,
+              hidden=0, fill_value=DEFAULT_FILL, attention="class", cam_size=128, name="kim"):
+    """The whole of Kim et al.'s pipeline as one model (the `kim` task trains it in stages):
+    image I [B, S, S, 3] ->
+
+    * "base_probs", "base_cam_scores": the base classifier on I (`build_classifier`, layer
+      "kim_base"; S0, and S1's perceptual network);
+    * "params", "aligned": the alignment module (`build_aligner`, layer "kim_aligner") and W_A(I);
+    * "aligned_probs", "aligned_cam_scores": the classifier on W_A(I) (layer "kim_classifier";
+      S2, S4; its `cam_head` holds the disease masks);
+    * "image_probs", "cam_scores", "cam": the main outputs, the base classifier's or the aligned
+      one's (`StageSwitch`); "cam" [B, R, R, K] in [0, 1] is in the ORIGINAL image's frame
+      (`OriginalFrameMaps`: the aligned classifier's CAM warped back by A^-1).
+
+    Every path runs at every call (the switch selects), so S0 training also runs the aligned
+    path forward (at 512 px about 60 GFLOPs more than S0's 122 per image) and inference costs
+    the three networks (about 100 GFLOPs instead of 60 for aligner + classifier).
+    Args as `build_classifier` / `build_aligner` (weights: the two ResNet-50s'; aligner_weights:
+    the ResNet-18's).
+    """
+    image = keras.Input(shape=(image_size, image_size, 3), name="image")
+    classifier_args = dict(image_size=image_size, backbone=backbone, num_classes=num_classes,
+                           weights=weights, attention=attention, cam_size=cam_size)
+    base = build_classifier(**classifier_args, name="kim_base")(image)
+    aligner = build_aligner(image_size, backbone=aligner_backbone, weights=aligner_weights,
+                            bounded=bounded, hidden=hidden, fill_value=fill_value,
+                            name="kim_aligner")(image)
+    params = AnchorImage(image_size, name="anchor")(aligner["params"])
+    classifier = build_classifier(**classifier_args, name="kim_classifier")
+    aligned = classifier(aligner["aligned"])
+    aligned_cam = OriginalFrameMaps(cam_size, name="aligned_cam")(
+        [aligned["cam_scores"], params])
+    probs, cam_scores, cam = StageSwitch(name="stage_switch")(
+        [[base["image_probs"], base["cam_scores"], base["cam"]],
+         [aligned["image_probs"], aligned["cam_scores"], aligned_cam]])
+    return keras.Model(image, {
+        "image_probs": probs, "cam_scores": cam_scores, "cam": cam,
+        "base_probs": base["image_probs"], "base_cam_scores": base["cam_scores"],
+        "params": params, "aligned": aligner["aligned"],
+        "aligned_probs": aligned["image_probs"], "aligned_cam_scores": aligned["cam_scores"]},
+        name=name)

@@ -15,6 +15,8 @@ P_c(x) >= 0.8. In order: flip-sum, min-max normalise each map (N), average, thre
 * the classes without boxes get psi = 0 (no attention); a constant map normalises to zeros.
 """
 
+import json
+
 import matplotlib.path
 import numpy as np
 
@@ -212,3 +214,17 @@ def pseudo_disease_masks(lungs, heart, grid, class_names=CLASS_NAMES,
             area = regions[name].reshape(grid, block, grid, block).mean(axis=(1, 3))
             out[..., k] = area >= threshold
     return out
+
+
+def pseudo_masks_from_file(path, grid, class_names=CLASS_NAMES, block=32):
+    """`pseudo_disease_masks` of the regions of a JSON file {"lungs": [polygon, ...], "heart":
+    [polygon, ...]} (normalised (x, y) vertices on the anchor, `rasterise_polygons`), drawn at
+    grid x block pixels (16 x 32 = 512 at full size)."""
+    with open(path) as f:
+        regions = json.load(f)
+    missing = [k for k in ("lungs", "heart") if not regions.get(k)]
+    if missing:
+        raise ValueError(f"{path}: pseudo-disease mask regions need polygons for {missing}")
+    size = grid * block
+    return pseudo_disease_masks(rasterise_polygons(regions["lungs"], size),
+                                rasterise_polygons(regions["heart"], size), grid, class_names)

@@ -2,10 +2,11 @@
 its class, `get_task(name)` looks one up."""
 
 from chestxray_tf.tasks.baseline import Baseline
+from chestxray_tf.tasks.kim import Kim
 from chestxray_tf.tasks.li2018 import Li2018
 from chestxray_tf.tasks.rozenberg2019 import Rozenberg2019
 
-TASKS = {task.name: task for task in (Li2018, Baseline, Rozenberg2019)}
+TASKS = {task.name: task for task in (Li2018, Baseline, Rozenberg2019, Kim)}
 
 
 def get_task(name):

@@ -127,7 +127,7 @@ def tiny_perceptual_net():
     return model
 
 
-def test_make_alignment_loss_caches_anchor_features_and_trains_the_aligner_only():
+def test_make_alignment_loss_uses_anchor_features_and_trains_the_aligner_only():
     rng = np.random.default_rng(8)
     net = tiny_perceptual_net()
     frozen = [w.numpy().copy() for w in net.weights]
