@@ -14,9 +14,11 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# The whole suite, `slow` tests included (CI runs this).
+# The whole suite, `slow` tests included (CI runs this), on two pytest workers (a test file
+# stays on one worker, with its module fixtures); JOBS=1 runs it in one process.
+JOBS ?= 2
 test: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q tests
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n $(JOBS) --dist loadfile tests
 
 # Everything but the tests marked `slow`.
 test-fast: $(STAMP)

@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "dicom": ["pydicom==3.0.2"],
-    "test": ["pytest==9.2.0", "hypothesis==6.170.15", "pydicom==3.0.2"],
+    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15", "pydicom==3.0.2"],
 }
 
 setup(
