@@ -102,7 +102,8 @@ def test_json_contents(stub_predictor, stub_saved_model, tmp_path):
     Image.fromarray(pixels).save(tmp_path / "in" / "scan.png")
     run(stub_predictor, tmp_path, threshold=0.62, top_k=2)
     found = read_json(tmp_path / "out" / "scan.json")
-    assert found["file"] == "scan.png" and found["threshold"] == 0.62
+    assert found["file"] == "scan.png" and found["map_threshold"] == 0.62
+    assert found["notice"] == predict.NOTICE
     assert found["model"] == {
         "type": "saved_model", "path": str(stub_saved_model),
         "fingerprint": tf.saved_model.experimental.read_fingerprint(
