@@ -330,6 +330,45 @@ def check_arguments(threshold=None, top_k=3, decision_threshold=DECISION_THRESHO
         raise ValueError(f"top_k must be an integer of at least 1, got {top_k}")
 
 
+def parse_decision_threshold(value):
+    """A decision threshold given as text (`--decision_threshold`): a number, or the path of
+    a JSON file of {class: number}.
+
+    Raises:
+        ValueError: neither a number nor a readable JSON object (naming the value or file).
+    """
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    if not os.path.isfile(value):
+        raise ValueError(f"--decision_threshold={value}: neither a number nor a JSON file")
+    try:
+        with open(value, encoding="utf-8") as f:
+            thresholds = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--decision_threshold={value}: not readable JSON ({e})") from e
+    if not isinstance(thresholds, dict):
+        raise ValueError(f"--decision_threshold={value}: expected a JSON object "
+                         "{class: number}")
+    return thresholds
+
+
+def map_threshold_of(map_threshold, threshold):
+    """The map threshold from `--map_threshold` and its deprecated old name `--threshold`
+    (either may be None).
+
+    Raises:
+        ValueError: both given, with different values.
+    """
+    if threshold is None:
+        return map_threshold
+    if map_threshold is not None and map_threshold != threshold:
+        raise ValueError(f"--threshold={threshold} (deprecated: the map threshold) and "
+                         f"--map_threshold={map_threshold} disagree; give only --map_threshold")
+    return threshold
+
+
 def decision_thresholds(class_names, decision_threshold=DECISION_THRESHOLD):
     """float64 [K]: each class's decision threshold, from one number for every class or
     {class name or NIH alias: number} (a class not named: `DECISION_THRESHOLD`).

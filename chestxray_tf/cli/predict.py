@@ -18,8 +18,6 @@ model is loaded.
 """
 
 import collections
-import json
-import os
 
 from absl import app, flags, logging
 
@@ -46,48 +44,21 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "With a workdir as --m
 flags.mark_flags_as_required(["model", "input", "output"])
 
 
-def decision_threshold(value):
-    """--decision_threshold: a number, or the {class: number} of a JSON file.
-
-    Raises:
-        app.UsageError: neither a number nor a readable JSON object of numbers.
-    """
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    if not os.path.isfile(value):
-        raise app.UsageError(f"--decision_threshold={value}: neither a number nor a JSON file")
-    try:
-        with open(value, encoding="utf-8") as f:
-            thresholds = json.load(f)
-    except (OSError, ValueError) as e:
-        raise app.UsageError(f"--decision_threshold={value}: not readable JSON ({e})") from e
-    if not isinstance(thresholds, dict):
-        raise app.UsageError(f"--decision_threshold={value}: expected a JSON object "
-                             "{class: number}")
-    return thresholds
-
-
 def map_threshold():
     """--map_threshold, or the deprecated --threshold (with a warning)."""
-    if _THRESHOLD.value is None:
-        return _MAP_THRESHOLD.value
-    if _MAP_THRESHOLD.value is not None and _MAP_THRESHOLD.value != _THRESHOLD.value:
-        raise app.UsageError(f"--threshold={_THRESHOLD.value} (deprecated: the map threshold) "
-                             f"and --map_threshold={_MAP_THRESHOLD.value} disagree; give only "
-                             "--map_threshold")
-    logging.warning("--threshold is deprecated: it is the map threshold of the regions; use "
-                    "--map_threshold (the findings use --decision_threshold, default %s)",
-                    predict.DECISION_THRESHOLD)
-    return _THRESHOLD.value
+    if _THRESHOLD.value is not None:
+        logging.warning("--threshold is deprecated: it is the map threshold of the regions; use "
+                        "--map_threshold (the findings use --decision_threshold, default %s)",
+                        predict.DECISION_THRESHOLD)
+    return predict.map_threshold_of(_MAP_THRESHOLD.value, _THRESHOLD.value)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    threshold, decision = map_threshold(), decision_threshold(_DECISION.value)
     try:  # before loading anything
+        threshold = map_threshold()
+        decision = predict.parse_decision_threshold(_DECISION.value)
         predict.check_arguments(threshold, _TOP_K.value, decision)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
