@@ -79,6 +79,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from chestxray_tf import export, fileio, inference, workdir as workdir_lib
+from chestxray_tf.api import DECISION_THRESHOLD, NOTICE
 from chestxray_tf import io as io_lib
 from chestxray_tf.evaluation import figures
 from chestxray_tf.labels import ALIASES
@@ -91,9 +92,6 @@ MARKER_WRITER = "chestxray_tf.predict"
 SKIPPED_NAMES = ("DICOMDIR",)  # the index of a DICOM medium, never an image
 OVERLAY_MAX_SIDE = 512  # pixels of the longer side of the image drawn in the overlay
 BOX_FORMAT = "[x, y, w, h] in pixels of the original image, (x, y) its top-left corner"
-DECISION_THRESHOLD = 0.5  # the default decision threshold of a finding
-NOTICE = ("For research only, not for diagnosis: these models reproduce research papers, are "
-          "not validated for clinical use and must not guide the care of a patient.")
 
 
 @dataclasses.dataclass(frozen=True)
