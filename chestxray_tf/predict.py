@@ -26,8 +26,10 @@
 
 `NAME.png` shows the image once per finding: the finding's map as a heat map, its region boxes
 (dashed), the class and its probability as the title; with no finding, the most probable
-reported class, titled "below ..." its decision threshold. `summary.csv` has a row per file: its
-status (`ok` or `error` with the message), the findings and every reported class's probability.
+reported class, titled "no finding: CLASS p=... < its decision threshold". `summary.csv` has a row per file: its
+status (`ok` or `error` with the message), the findings (`NAME.json`'s, with their probabilities)
+and every reported class's probability. For research only, not for diagnosis (`NOTICE`: in
+every NAME.json, printed by the CLI).
 
 Inputs: `--input` is a file or a folder, walked recursively in sorted order; a folder's files
 named `.png`, `.jpg`, `.jpeg`, `.dcm`, `.dicom` or without a suffix (as PACS exports often are)
