@@ -161,8 +161,7 @@ def _remove_parts(nih_dir, archive_name):
 
 
 def extract_all(nih_dir, num_workers=None, log=print):
-    """Extracts every archive of `nih_dir` not yet extracted, `num_workers` at a time (1: in
-    this process).
+    """Extracts every archive of `nih_dir` not yet extracted, `num_workers` at a time.
 
     Returns:
         {archive name: "done earlier" | "extracted N files" | the error message}, and the
@@ -183,11 +182,10 @@ def extract_all(nih_dir, num_workers=None, log=print):
     if todo:
         log(f"extracting {len(todo)} archives ({', '.join(todo)}), {min(workers, len(todo))} "
             "at a time")
-    if workers == 1:
-        done = {name: _extract_or_error(nih_dir, name) for name in todo}
-    else:
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo) or 1)) as pool:
-            done = dict(zip(todo, pool.map(_extract_or_error, [nih_dir] * len(todo), todo)))
+    # Threads: the work is gzip inflation (zlib releases the GIL) and file I/O; no fork of a
+    # process that has imported TensorFlow.
+    with concurrent.futures.ThreadPoolExecutor(min(workers, len(todo) or 1)) as pool:
+        done = dict(zip(todo, pool.map(_extract_or_error, [nih_dir] * len(todo), todo)))
     for name, outcome in done.items():
         log(f"{name}: {outcome}")
     status.update(done)
@@ -270,7 +268,11 @@ def prepare(nih_dir, num_workers=None, expected_images=NIH_IMAGES, log=print):
         log(f"--nih_dir {nih_dir} is not a folder")
         return 1
     status, failed = extract_all(nih_dir, num_workers, log)
-    check = check_release(nih_dir, expected_images)
+    try:
+        check = check_release(nih_dir, expected_images)
+    except ValueError as e:  # a malformed Data_Entry file: nih names the file and line
+        log(f"not ready: {e}")
+        return 1
     for line in check_lines(nih_dir, check, status):
         log(line)
     if failed or not check.ok:

@@ -161,6 +161,9 @@ def test_missing_files_and_images_are_named(release):
     assert f"3 images of the Data_Entry file are not under {root}/images/: " \
            f"{', '.join(listed)}" in text
     assert "6 PNGs found, 9 expected; archives not in" in text and "images_003.tar.gz" in text
+    (root / "Data_Entry_2017_v2020.csv").write_text("Image Index\nnot-an-image\n")
+    code, out = lines(root, expected=6)
+    assert code == 1 and out[-1].startswith("not ready: ") and "Data_Entry" in out[-1]
     corrupt = root / "images_009.tar.gz"
     corrupt.write_bytes(b"not gzip")
     code, out = lines(root, expected=6)
