@@ -71,8 +71,8 @@ class Model:
         """The map threshold of the regions the model was exported / configured with."""
         return self.predictor.metadata["region_threshold"]
 
-    def predict(self, image, *, decision_threshold=DECISION_THRESHOLD, map_threshold=None, classes=None,
-                top_k=None):
+    def predict(self, image, *, decision_threshold=DECISION_THRESHOLD, map_threshold=None,
+                classes=None, top_k=None):
         """Runs the model on one image.
 
         Args:

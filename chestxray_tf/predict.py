@@ -13,8 +13,9 @@
 * `map_threshold`: the map threshold T_s of the regions (Li et al. 2018, Sec. 3.3: cells with
   p > T_s form the region); `decision_threshold`: {class: threshold} of the findings (a class
   is a finding when its probability is >= its decision threshold; 0.5 by default), two
-  separate numbers: a map cell above T_s does not make a finding; `box_format`: boxes are [x, y, w, h] in pixels of the original
-  image, (x, y) its top-left corner (the convention of NIH's BBox_List_2017.csv);
+  separate numbers: a map cell above T_s does not make a finding;
+* `box_format`: boxes are [x, y, w, h] in pixels of the original image, (x, y) its top-left
+  corner (the convention of NIH's BBox_List_2017.csv);
 * `findings`: the reported classes whose probability reaches their decision threshold,
   highest first, at most `top_k` (none when no class reaches it);
 * `classes`: for each reported class (all, or `--classes`), its `probability` (the task's
@@ -26,10 +27,10 @@
 
 `NAME.png` shows the image once per finding: the finding's map as a heat map, its region boxes
 (dashed), the class and its probability as the title; with no finding, the most probable
-reported class, titled "no finding: CLASS p=... < its decision threshold". `summary.csv` has a row per file: its
-status (`ok` or `error` with the message), the findings (`NAME.json`'s, with their probabilities)
-and every reported class's probability. For research only, not for diagnosis (`NOTICE`: in
-every NAME.json, printed by the CLI).
+reported class, titled "no finding: CLASS p=... < its decision threshold". `summary.csv` has a
+row per file: its status (`ok` or `error` with the message), the findings (`NAME.json`'s, with
+their probabilities) and every reported class's probability. For research only, not for
+diagnosis (`NOTICE`: in every NAME.json, printed by the CLI).
 
 Inputs: `--input` is a file or a folder, walked recursively in sorted order; a folder's files
 named `.png`, `.jpg`, `.jpeg`, `.dcm`, `.dicom` or without a suffix (as PACS exports often are)

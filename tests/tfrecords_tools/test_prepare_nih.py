@@ -1,5 +1,6 @@
-"""tfrecords_tools/prepare_nih.py: parallel, resumable, safe extraction of the NIH archives and
-the check of the release, on tiny fake archives with the real metadata of nih_sample."""
+"""tfrecords_tools/prepare_nih.py and chestxray_tf/data/release.py: parallel, resumable,
+safe extraction of the NIH archives and the check of the release, on tiny fake archives with
+the real metadata of nih_sample."""
 
 import io
 import os
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from chestxray_tf.data import build, nih
-from tfrecords_tools import prepare_nih
+from chestxray_tf.data import release as prepare_nih
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PER_ARCHIVE = 3
