@@ -3,12 +3,12 @@
 from setuptools import find_packages, setup
 
 # TensorFlow 2.21 with Keras 3 on the TF backend. The full `tensorflow` package (GPU users
-# install `tensorflow[and-cuda]==2.21.0`); keras-hub needs it rather than tensorflow-cpu.
+# install `tensorflow[and-cuda]==2.21.0`). Every package here is imported by the library
+# (tests/test_dependencies.py), except tensorboard: the viewer of the training logs.
 INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "keras==3.15.1",
     "tensorboard==2.21.0",
-    "keras-hub==0.32.0",
     "absl-py==2.5.1",
     "ml-collections==1.1.0",
     "numpy==2.4.6",

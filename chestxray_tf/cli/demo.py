@@ -1,8 +1,9 @@
 """`make demo`: the main job end to end on the built-in synthetic data set.
 
 synthetic NIH-layout folder -> TFRecords -> train `configs/demo.py` -> evaluate -> SavedModel,
-all under `--workdir` (default `demo_workdir/`). A second run reuses what the first made
-(the training resumes; evaluation and export are redone).
+all under `--workdir` (default `demo_workdir/`), from any current folder. A second run reuses
+what the first made (the training resumes; evaluation is redone; the SavedModel of a checkpoint
+already exported is kept).
 """
 
 import json
@@ -10,15 +11,17 @@ import os
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
+import chestxray_tf
 from chestxray_tf import cli, export
 from chestxray_tf.data import build, synthetic
 from chestxray_tf.evaluation import evaluate
 from chestxray_tf import workdir as workdir_lib
 from chestxray_tf.training import trainer
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "The demo's config.")
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    chestxray_tf.__file__))), "configs", "demo.py")
+_CONFIG = cli.define_config(DEMO_CONFIG, "The demo's config.")
 _WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where everything is written.")
 _PATIENTS = flags.DEFINE_integer("num_patients", 1000, "Synthetic patients (~3 images each).")
 _SOURCE_SIZE = flags.DEFINE_integer("source_size", 256, "Size of the synthetic PNGs.")
@@ -32,8 +35,11 @@ def _step(title):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)  # the config first
+    if _CONFIG.print_only:
+        print(config.to_json_best_effort(indent=2))
+        return 0
     cli.quiet_tensorflow()
-    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
     nih_dir, records = os.path.join(workdir, "nih"), os.path.join(workdir, "tfrecords")
     run_dir = os.path.join(workdir, "run")
     start = time.time()
@@ -68,10 +74,13 @@ def main(argv):
     print(f"evaluated ({time.time() - t:.0f} s)")
 
     t = _step("5/5 export the SavedModel")
-    restored_config, model, _ = workdir_lib.restore_model(run_dir)
-    saved_model = export.export_saved_model(model, restored_config,
-                                            os.path.join(run_dir, "export"))
-    print(f"exported ({time.time() - t:.0f} s)")
+    restored_config, model, checkpoint = workdir_lib.restore_model(run_dir)
+    saved_model = os.path.join(run_dir, "export", os.path.basename(checkpoint))
+    if os.path.exists(saved_model):
+        print(f"{saved_model} exists (this checkpoint's), reused")
+    else:
+        export.export_saved_model(model, restored_config, saved_model)
+        print(f"exported ({time.time() - t:.0f} s)")
 
     print(f"\nDone in {time.time() - start:.0f} s.")
     print(f"  mean AUC (200 thresholds) {results['auc']['mean']:.3f}")
@@ -83,8 +92,8 @@ def main(argv):
     print(f"  report:      {paths['markdown']}")
     print(f"  figures:     {paths['out_dir']}/*.png")
     print(f"  SavedModel:  {saved_model}")
-    print(f"  TensorBoard: tensorboard --logdir {os.path.join(run_dir, 'logs')}")
+    print(f"  TensorBoard: tensorboard --logdir {os.path.join(run_dir, 'stages')}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,14 +1,16 @@
 """Evaluate a trained run: `python -m chestxray_tf.cli.evaluate --workdir W
 [--checkpoint latest|best|PATH] [--split test_fold|official_test|val]`.
 
-Writes WORKDIR/eval/<split>[-<checkpoint>]/report.json, report.md (the paper's tables with its published numbers
-beside ours) and the figures.
+Writes WORKDIR/eval/<split>[-<checkpoint>]/report.json, report.md (the paper's tables with its
+published numbers beside ours) and the figures, then prints the headline numbers.
 """
+
+import json
 
 from absl import app, flags
 
 from chestxray_tf import cli
-from chestxray_tf.evaluation import evaluate
+from chestxray_tf.evaluation import evaluate, report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's --workdir.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path.")
@@ -20,9 +22,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.quiet_tensorflow()
-    paths = evaluate.evaluate(_WORKDIR.value, _CHECKPOINT.value, _SPLIT.value)
+    paths = evaluate.evaluate(cli.local_path(_WORKDIR.value), _CHECKPOINT.value,
+                              _SPLIT.value)
+    with open(paths["json"], encoding="utf-8") as f:
+        results = json.load(f)["results"]
+    print("\n".join(report.headline(results)))
     print(f"report: {paths['markdown']}\nmetrics: {paths['json']}")
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

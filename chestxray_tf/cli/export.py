@@ -25,7 +25,8 @@ def main(argv):
     export.export_saved_model(model, config, output, region_threshold=_THRESHOLD.value)
     logging.info("exported %s to %s", path, output)
     print(f"SavedModel of {path} written to {output}")
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,14 +7,15 @@ the counts per fold / split / class and of boxes. `show` decodes the first examp
 their boxes.
 """
 
+import io
 import os
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-from chestxray_tf import geometry
+from chestxray_tf import fileio, geometry
 from chestxray_tf import labels as labels_lib
 from chestxray_tf.data import example
 from chestxray_tf.data import manifest as manifest_lib
@@ -120,17 +121,30 @@ def _compare_ids(found, metadata):
     return problems
 
 
-def draw_boxes(pixels, boxes_yxyx, box_labels):
-    """uint8 [S, S] grey image -> RGB PIL image with its boxes and class names drawn."""
+SHOW_SIZE = 512  # `show` draws at least this size, so the class names stay readable
+
+
+def draw_boxes(pixels, boxes_yxyx, box_labels, min_size=0):
+    """uint8 [S, S] grey image -> RGB PIL image with its boxes and class names drawn; an image
+    smaller than `min_size` is up-sampled first (bilinear). Each name sits on a dark band
+    inside the image (moved in from the border, never clipped)."""
     image = Image.fromarray(pixels).convert("RGB")
+    if image.width < min_size:
+        image = image.resize((min_size, min_size), Image.BILINEAR)
     draw = ImageDraw.Draw(image)
-    size = pixels.shape[0]
-    for box, label in zip(geometry.yxyx_to_xywh(np.reshape(boxes_yxyx, (-1, 4)), size),
-                          box_labels):
-        x, y, w, h = box
-        colour = _BOX_COLOURS[int(label) % len(_BOX_COLOURS)]
+    size = image.width
+    font = ImageFont.load_default(size=max(10, size // 40))
+    boxes = list(zip(geometry.yxyx_to_xywh(np.reshape(boxes_yxyx, (-1, 4)), size),
+                     (_BOX_COLOURS[int(label) % len(_BOX_COLOURS)] for label in box_labels),
+                     (labels_lib.CLASS_NAMES[int(label)] for label in box_labels)))
+    for (x, y, _, _), colour, name in boxes:
+        left, top, right, bottom = draw.textbbox((0, 0), name, font=font)
+        tx = min(max(0, x + 2), size - (right - left) - 4)
+        ty = min(max(0, y + 1), size - bottom - 4)
+        draw.rectangle([tx, ty, tx + right - left + 2, ty + bottom + 2], fill="#000000")
+        draw.text((tx + 1, ty), name, fill=colour, font=font)
+    for (x, y, w, h), colour, _ in boxes:  # outlines last: a name never hides a box
         draw.rectangle([x, y, x + w - 1, y + h - 1], outline=colour, width=max(1, size // 256))
-        draw.text((x + 2, y + 1), labels_lib.CLASS_NAMES[int(label)], fill=colour)
     return image
 
 
@@ -140,7 +154,9 @@ def show(path, num_examples, output_dir, boxed_first=True):
     Args:
         path: the set's folder or manifest.json.
         num_examples: how many images.
-        output_dir: where `<image_id>` PNGs go.
+        output_dir: where `<image_id>` PNGs go (drawn at >= SHOW_SIZE px). A file there
+            that holds another drawing is never overwritten (`FileExistsError`); the same
+            drawing again (a re-run) is left as it is.
         boxed_first: take images with boxes first (in shard order), then the others.
 
     Returns:
@@ -161,6 +177,15 @@ def show(path, num_examples, output_dir, boxed_first=True):
     for features in chosen:
         pixels = example.decode_image(features, manifest["encoding"]).numpy()[..., 0]
         out = os.path.join(output_dir, features["image_id"].numpy().decode())
-        draw_boxes(pixels, features["boxes"].numpy(), features["box_labels"].numpy()).save(out)
+        buffer = io.BytesIO()
+        draw_boxes(pixels, features["boxes"].numpy(), features["box_labels"].numpy(),
+                   SHOW_SIZE).save(buffer, format="PNG")
+        if os.path.exists(out):
+            with open(out, "rb") as f:
+                if f.read() != buffer.getvalue():
+                    raise FileExistsError(f"{out} exists and is not this drawing: choose "
+                                          "another --show_dir (nothing is overwritten)")
+        else:
+            fileio.atomic_write(out, buffer.getvalue(), overwrite=False)
         written.append(out)
     return written

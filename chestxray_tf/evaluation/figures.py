@@ -1,7 +1,8 @@
 """The figures of an evaluation report (SPEC §6), drawn on matplotlib's Agg canvas.
 
 * `plot_roc_curves`: the ROC curve of every class at the 200 thresholds of Li et al. 2018
-  (footnote 4; `chestxray_tf.metrics.auc.roc_curve_thresholded`), with its AUC in the legend.
+  (footnote 4; `chestxray_tf.metrics.auc.roc_curve_thresholded`), one small panel per class
+  with its AUC and positive count.
 * `plot_heatmap_gallery`: maps over the X-rays, as Li et al. Figure 7 ("rendering the final
   output tensor as heatmaps and overlapping on the original images ... the ground-truth
   bounding boxes in yellow"), with the predicted region outlined; one gallery per class.
@@ -14,7 +15,8 @@ map at the image's own size): cell (r, c) of an h x w map covers the pixels
 import math
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -41,8 +43,12 @@ def roc_legend(auc_result, class_names=CLASS_NAMES):
             for name, auc, defined in zip(class_names, auc_result.per_class, auc_result.defined)]
 
 
+ROC_COLUMNS = 4  # small multiples: one panel per class, this many per row
+
+
 def plot_roc_curves(labels, probs, out_png, class_names=CLASS_NAMES, num_thresholds=200):
-    """One panel with the ROC curve of every class, its AUC in the legend.
+    """The ROC curve of every class, one small panel each (ROC_COLUMNS per row, the chance
+    diagonal dashed), its AUC and positive count in the panel's title.
 
     Args:
         labels: [N, K] in {0, 1}.
@@ -59,20 +65,26 @@ def plot_roc_curves(labels, probs, out_png, class_names=CLASS_NAMES, num_thresho
                          f"class_names), got shape {np.shape(labels)}")
     _, fpr, tpr = roc_curve_thresholded(labels, probs, num_thresholds)
     aucs = roc_auc_thresholded(labels, probs, num_thresholds)
-    figure = _new_figure(9, 6)
-    ax = figure.add_subplot()
-    colors = [colormaps["tab20"](k % 20) for k in range(len(class_names))]
+    positives = np.asarray(labels).sum(axis=0).astype(int)
+    columns = min(ROC_COLUMNS, len(class_names))
+    rows = math.ceil(len(class_names) / columns)
+    figure = _new_figure(2.6 * columns, 2.6 * rows + 0.4)
     for k, label in enumerate(roc_legend(aucs, class_names)):
+        ax = figure.add_subplot(rows, columns, k + 1)
         if aucs.defined[k]:
-            ax.plot(fpr[k], tpr[k], color=colors[k], linewidth=1.2, label=label)
-        else:
-            ax.plot([], [], linestyle="none", label=label)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
+            ax.plot(fpr[k], tpr[k], color="C0", linewidth=1.4)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xticks=[0, 0.5, 1], yticks=[0, 0.5, 1])
+        ax.set_title(f"{label}\n{positives[k]} positive of {np.shape(labels)[0]}",
+                     fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_aspect("equal")
+        if k % columns == 0:
+            ax.set_ylabel("true positive rate", fontsize=7)
+        if k >= len(class_names) - columns:
+            ax.set_xlabel("false positive rate", fontsize=7)
     mean = f"mean AUC {aucs.mean:.3f}" if np.isfinite(aucs.mean) else "no class has an AUC"
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate", ylabel="true positive rate",
-           title=f"ROC curves at {num_thresholds} thresholds ({mean})")
-    ax.set_aspect("equal")
-    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    figure.suptitle(f"ROC curves at {num_thresholds} thresholds ({mean})", fontsize=10)
     figure.tight_layout()
     figure.savefig(out_png, dpi=100)
     return str(out_png)
@@ -149,7 +161,8 @@ def _per_image(values, count, name):
 
 def plot_heatmap_gallery(images, maps, true_boxes, pred_regions, titles, out_png, *,
                          pred_boxes=None, columns=4, alpha=0.45):
-    """A gallery of heat maps over X-rays: true boxes in yellow, the predicted region outlined.
+    """A gallery of heat maps over X-rays: true boxes in yellow, the predicted region outlined,
+    the colour scale of the maps (0-1) at the right.
 
     Args:
         images: N grey images [H, W] (or [H, W, C], averaged over channels), any value range.
@@ -192,6 +205,9 @@ def plot_heatmap_gallery(images, maps, true_boxes, pred_regions, titles, out_png
         ax.set(xlim=(0, width), ylim=(height, 0), xticks=[], yticks=[])
         if titles[i]:
             ax.set_title(str(titles[i]), fontsize=8)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.92, 1))
+    scale = figure.add_axes((0.935, 0.15, 0.015, 0.7))
+    figure.colorbar(ScalarMappable(Normalize(0, 1), HEATMAP_CMAP), cax=scale,
+                    label="map value")
     figure.savefig(out_png, dpi=100)
     return str(out_png)

@@ -69,6 +69,42 @@ def _ours_row(runs, metric, threshold, columns, ddof):
             "n": [s[2] for s in stats]}
 
 
+def _chance_runs(runs):
+    """The runs with their chance-level localization ("localization_chance": the same regions
+    at random places) in place of their own, for the chance row."""
+    return [{"localization": r.get("localization_chance", {})} for r in runs]
+
+
+def _counts_row(runs, metric, threshold, columns):
+    """The test images behind each value: per class, summed over the runs (folds); the total
+    in the mean column. None where no run gives a count."""
+    totals = {}
+    for r in runs:
+        table = metric_table(r, metric, threshold) or {}
+        for c, n in (table.get("counts") or {}).items():
+            totals[c] = totals.get(c, 0) + int(n)
+    values = [totals.get(c) for c in columns if c != MEAN]
+    total = sum(v for v in values if v is not None) if any(v is not None for v in values) else None
+    values = iter(values)
+    return [total if c == MEAN else next(values) for c in columns]
+
+
+def _extra_rows(runs, metric, threshold, columns, ddof):
+    """The rows under our row: the chance level (localization) and the test counts."""
+    rows = []
+    if metric in LOCALIZATION_METRICS and any("localization_chance" in r for r in runs):
+        rows.append({"method": "chance (the same regions at random places)", "role": "ours",
+                     "kind": "chance",
+                     **_ours_row(_chance_runs(runs), metric, threshold, columns, ddof)})
+    counts = _counts_row(runs, metric, threshold, columns)
+    if any(v is not None for v in counts):
+        what = "positive test images" if metric in ("auc", "auc_exact") else \
+            "test images with a box of the class"
+        rows.append({"method": f"n ({what})", "role": "ours", "kind": "counts",
+                     "values": counts})
+    return rows
+
+
 def _difference(ours, published):
     return [None if o is None or p is None else o - p for o, p in zip(ours, published)]
 
@@ -120,8 +156,9 @@ def compare_table(table, runs, ddof=1, name="this run", against="paper"):
 
     Returns:
         dict: the table's description and "groups": [{"label", "rows"}], each row with
-        "method", "kind" ("published", "ours", "difference"), "values", and where present
-        "std", "n", "paired_values", "paired_std".
+        "method", "kind" ("published", "ours", "difference", then "chance": the chance level of
+        a localization table, "counts": the test images behind each of our values), "values",
+        and where present "std", "n", "paired_values", "paired_std".
     """
     experiments = {r.get("experiment") for r in runs} - {None}
     label = _run_label(runs, name)
@@ -155,7 +192,8 @@ def compare_table(table, runs, ddof=1, name="this run", against="paper"):
             paired = _ours_row(runs, table["paired_metric"], threshold, table["columns"], ddof)
             ours["paired_values"], ours["paired_std"] = paired["values"], paired["std"]
             diff["paired_values"] = _difference(paired["values"], reference["paired_values"])
-        groups.append({"label": group, "rows": out_rows + [ours, diff]})
+        groups.append({"label": group, "rows": out_rows + [ours, diff] + _extra_rows(
+            runs, metric, threshold, table["columns"], ddof)})
     notes = _notes(table, runs)
     if not compared:
         notes.append(f"Not compared: {name} reproduces experiment "
@@ -203,6 +241,12 @@ def all_metrics_table(runs, ddof=1, decimals=3):
     rows = [{"method": label, "role": "ours", "kind": "metric",
              **_ours_row(runs, metric, threshold, columns, ddof)}
             for label, metric, threshold in _series(runs)]
+    for label, metric in (("positive test images", "auc"),
+                          ("test images with a box", "localization.iou")):
+        series = next(((m, t) for _, m, t in _series(runs) if m == metric), None)
+        if series is not None:
+            rows.append({"method": f"n ({label})", "role": "ours", "kind": "counts",
+                         "values": _counts_row(runs, *series, columns)})
     return {"id": "all_metrics", "reference": "Per class and mean", "caption": "",
             "setting": "", "metric": None, "layout": "classes_across", "decimals": decimals,
             "group_label": None, "columns": columns, "column_labels": columns,
@@ -222,6 +266,8 @@ def _format(value, decimals, std=None, signed=False):
 def _cells(row, table):
     """The printed cells of one row of a compared table."""
     decimals = table["decimals"]
+    if row["kind"] == "counts":
+        return [MISSING if v is None else str(v) for v in row["values"]]
     signed = row["kind"] == "difference"
     std = row.get("std") or [None] * len(row["values"])
     cells = [_format(v, decimals, s, signed) for v, s in zip(row["values"], std)]
@@ -239,7 +285,9 @@ def _method_cell(row):
         return f"**{row['method']}**"
     if row["kind"] == "difference":
         return f"*Δ {row['method']}*"
-    return row["method"]
+    if row["kind"] in ("chance", "counts"):
+        return f"*{row['method']}*"
+    return f"paper: {row['method']}" if row["kind"] == "published" else row["method"]
 
 
 def _markdown_grid(header, body):
@@ -363,10 +411,12 @@ def report_markdown(title, header_lines, tables, all_metrics, figure_links, conf
     lines = [f"# {title}", ""] + header_lines + [""]
     if tables:
         lines += ["## The paper's tables", "",
-                  "Published rows as printed in the paper, then **this run** (for a cross-"
-                  "validation, the mean ± std over its folds) and *Δ*, this run minus the "
-                  "paper's own "
-                  "row. \"—\": no value (e.g. no test image of the class, or a number the "
+                  "Rows \"paper: ...\" are the paper's, as printed (its method, its "
+                  "reference); then **this run** (for a cross-validation, the mean ± std over "
+                  "its folds), *Δ*, this run minus the paper's own row, the chance level of a "
+                  "localization accuracy (this run's regions placed at random) and *n*, the "
+                  "test images behind each of our values (a value from 3 images is a coarse "
+                  "one). \"—\": no value (e.g. no test image of the class, or a number the "
                   "paper does not give).", ""]
         for table in tables:
             lines += table_markdown(table)
@@ -445,3 +495,29 @@ def write_report(out_dir, results, paper, *, config=None, checkpoint=None, figur
                                links, config, details)
     paths["markdown"].write_text(markdown, encoding="utf-8")
     return {k: str(v) for k, v in paths.items()}
+
+
+def headline(results):
+    """The few numbers `evaluate` prints at the end: the mean AUC and each localization
+    metric's mean (with its chance level and the number of boxed test images)."""
+    run = normalize_results(results)
+    lines = []
+    if "auc" in run:
+        lines.append(f"mean AUC {_format(run['auc']['mean'], 3)} over "
+                     f"{run.get('num_images', '?')} test images")
+    chance = run.get("localization_chance", {})
+    op = ">=" if run.get("localization", {}).get("inclusive") else ">"
+    for kind in ("iou", "ior"):
+        for key, table in run.get("localization", {}).get(kind, {}).items():
+            boxes = sum((table.get("counts") or {}).values())
+            level = chance.get(kind, {}).get(key, {}).get("mean")
+            lines.append(f"localization accuracy {METRIC_NAMES['localization.' + kind][-3:]} "
+                         f"{op} {key}: "
+                         f"{_format(table['mean'], 3)} (chance {_format(level, 3)}; "
+                         f"{boxes} boxes)")
+    for metric in ("average_iou", "cdice"):
+        if metric in run:
+            lines.append(f"{METRIC_NAMES[metric]} {_format(run[metric]['mean'], 3)}")
+    for key, table in run.get("afp", {}).items():
+        lines.append(f"AFP at T(IoU) {key}: {_format(table['mean'], 3)}")
+    return lines

@@ -19,6 +19,7 @@ backbone's weights (and Keras' ResNet50V2 ImageNet weights) load into it by name
 """
 
 import os
+import re
 
 import keras
 
@@ -156,7 +157,7 @@ def load_weights(model, weights, imagenet):
     if weights is None:
         return
     if isinstance(weights, str) and weights == "imagenet":
-        _copy_weights_by_name(imagenet(), model)
+        _copy_weights_by_name(_download(imagenet, model.name), model)
         return
     path = os.fspath(weights)
     if not path.endswith(WEIGHT_FILE_SUFFIXES):
@@ -165,6 +166,29 @@ def load_weights(model, weights, imagenet):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} of {model.name} does not exist")
     model.load_weights(path)
+
+
+class WeightsUnavailable(ValueError):
+    """The ImageNet weights could not be downloaded (no internet): the message says how to go on."""
+
+
+def _download(imagenet, name):
+    """`imagenet()`, with a failed download (Keras raises a bare `Exception("URL fetch failure
+    on <url>: ...")`) turned into one line naming the file, Keras' cache folder and the options."""
+    try:
+        return imagenet()
+    except Exception as e:  # noqa: BLE001 -- Keras' get_file raises Exception itself
+        url = re.search(r"URL fetch failure on (\S+): ", str(e))
+        if url is None:
+            raise
+        file_name = url.group(1).rsplit("/", 1)[-1]
+        cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")),
+                             "models")
+        raise WeightsUnavailable(
+            f"the ImageNet weights of {name} could not be downloaded ({url.group(1)}): copy "
+            f"{file_name} into {cache}/ (Keras' cache), or give a local file with "
+            f"--config.model.weights=PATH, or train from scratch with "
+            f"--config.model.weights=None") from e
 
 
 def _load_weights(model, weights, structure):

@@ -190,6 +190,8 @@ class Task:
         score_key, map_key: the outputs holding the image scores [B, K] and the maps
             [B, h, w, K] in [0, 1].
         uses_boxes: whether training reads boxes (a study names the boxes a method never sees).
+        input_stride: the backbone's total stride; an image size that is not a multiple of it
+            loses its last rows and columns (training warns). 0: no such constraint.
     """
     name = ""
     published = ""
@@ -197,6 +199,7 @@ class Task:
     score_key = "image_probs"
     map_key = ""
     uses_boxes = False
+    input_stride = 32
 
     @classmethod
     def default_config(cls):

@@ -22,11 +22,11 @@ class Baseline(base.Task):
     def default_config(cls):
         config = ml_collections.ConfigDict()
         config.model = ml_collections.ConfigDict()
-        config.model.backbone = "resnet_v2_50"
+        config.model.backbone = "resnet_v2_50"   # resnet_v2_50 | resnet_v2_tiny (tests)
         config.model.weights = ml_collections.config_dict.placeholder(str)
-        config.model.weights = "imagenet"
-        config.model.num_classes = NUM_CLASSES
-        config.model.weight_decay = DEFAULT_WEIGHT_DECAY
+        config.model.weights = "imagenet"        # None / "imagenet" / a weights file
+        config.model.num_classes = NUM_CLASSES   # K, the 14 findings of ChestX-ray14
+        config.model.weight_decay = DEFAULT_WEIGHT_DECAY # L2 on kernels, as Li et al.'s model
         config.loss = ml_collections.ConfigDict()
         config.stages = ml_collections.ConfigDict()
         config.stages.train = ml_collections.ConfigDict()

@@ -28,17 +28,17 @@ class Li2018(base.Task):
     def default_config(cls):
         config = ml_collections.ConfigDict()
         config.model = ml_collections.ConfigDict()
-        config.model.backbone = "resnet_v2_50"
+        config.model.backbone = "resnet_v2_50"   # resnet_v2_50 | resnet_v2_tiny (tests)
         config.model.weights = ml_collections.config_dict.placeholder(str)
         config.model.weights = "imagenet"        # None / "imagenet" / a weights file
         config.model.grid = 16                   # P
         config.model.head_width = 512            # c*
-        config.model.num_classes = NUM_CLASSES
+        config.model.num_classes = NUM_CLASSES   # K, the 14 findings of ChestX-ray14
         config.model.smoothing = ml_collections.config_dict.placeholder(float)
         config.model.smoothing = 0.98            # None: no [0.98, 1] mapping
         config.model.weight_decay = DEFAULT_WEIGHT_DECAY  # L2 on kernels; no value in paper
         config.loss = ml_collections.ConfigDict()
-        config.loss.lambda_bbox = 5.0
+        config.loss.lambda_bbox = 5.0            # lambda_bbox of Eq. 4 (box term weight)
         config.loss.other_classes = "image_label"  # or "negative" (literal Sec. 3.2)
         config.stages = ml_collections.ConfigDict()
         config.stages.train = ml_collections.ConfigDict()  # config.train as it is

@@ -37,3 +37,16 @@ def get_strategy(name="auto", tpu_address=""):
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
 
+
+
+def describe(strategy):
+    """"MirroredStrategy, 2 replica(s) on GPU:0, GPU:1": the strategy and its devices."""
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: TensorFlow's default device
+        devices = [(tf.config.list_logical_devices("GPU")
+                    or tf.config.list_logical_devices("CPU"))[0].name]
+    names = ", ".join(d.rsplit("/", 1)[-1].removeprefix("device:") for d in devices)
+    kind = type(strategy).__name__
+    kind = "default strategy (no tf.distribute)" if kind.startswith("_Default") else kind
+    return f"{kind}, {strategy.num_replicas_in_sync} replica(s) on {names}"

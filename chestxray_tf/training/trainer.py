@@ -43,7 +43,8 @@ from chestxray_tf.data import manifest as manifest_lib, selection
 from chestxray_tf.metrics import auc as auc_lib
 from chestxray_tf.models.layers import synchronize_batch_norm
 from chestxray_tf.tasks.base import DataStats, StageContext, select_trainable
-from chestxray_tf.training import optimizers, schedules, strategy as strategy_lib, summaries
+from chestxray_tf.training import (defaults, optimizers, schedules, strategy as strategy_lib,
+                                   summaries)
 
 SELECT_BY = ("val_auc", "val_loss")
 
@@ -83,7 +84,7 @@ class Run:
     stages."""
 
     def __init__(self, config, workdir):
-        self.config = config
+        self.config = defaults.resolve_paths(config)
         self.workdir = workdir
         self.strategy = strategy_lib.get_strategy(config.train.strategy, config.train.tpu_address)
         self.chief = self.strategy.extended.should_checkpoint
@@ -94,6 +95,14 @@ class Run:
         self.task = tasks_lib.get_task(config.task)(config, training_stats(config, self.split))
         self.stages = self.task.stages()
         self._model = None
+        stride = self.task.input_stride
+        if stride and config.data.image_size % stride:
+            logging.warning("data.image_size=%d is not a multiple of the backbone's stride %d: "
+                            "the last %d pixel rows and columns do not reach the feature map; "
+                            "use %d or %d", config.data.image_size, stride,
+                            config.data.image_size % stride,
+                            config.data.image_size // stride * stride,
+                            (config.data.image_size // stride + 1) * stride)
 
     @property
     def model(self):
@@ -123,7 +132,44 @@ class Run:
         with workdir_lib.lock(self.workdir):
             run_identity.check(self.workdir, self.config, self.split)
             save_config(self.config, self.workdir)
-            return self._run_stages()
+            logging.info("%s", self.plan())
+            last = self._run_stages()
+            logging.info("%s", self.outcome())
+            return last
+
+    def plan(self):
+        """What the run will do, in a few lines: task, strategy and devices, images per split,
+        stages and their steps, workdir."""
+        data = self.config.data
+        lines = [f"train {self.config.task} ({self.config.name}) in {self.workdir}",
+                 f"  strategy: {strategy_lib.describe(self.strategy)}",
+                 f"  images ({data.protocol} protocol of {data.manifest}): "
+                 f"{len(self.split.train)} train, {len(self.split.val)} val, "
+                 f"{len(self.split.test)} test"]
+        for index, stage in enumerate(self.stages):
+            if stage.kind == "gradient":
+                batch = stage.train.batch_size * self.strategy.num_replicas_in_sync
+                what = (f"{stage.train.num_steps} steps of {batch} images "
+                        f"(~{stage.train.num_steps * batch / len(self.split.train):.1f} epochs), "
+                        f"training {', '.join(stage.trainable)}")
+            else:
+                what = "computed with the weights fixed"
+            lines.append(f"  stage {index} {stage.name} ({stage.kind}): {what}")
+        return "\n".join(lines)
+
+    def outcome(self):
+        """Where the run's results are: checkpoints, logs, the best checkpoint."""
+        last = self.stage_dir(len(self.stages) - 1)
+        best = os.path.join(last, workdir_lib.CHECKPOINTS, workdir_lib.BEST)
+        lines = [f"trained: {self.workdir}",
+                 f"  checkpoints: {os.path.join(last, workdir_lib.CHECKPOINTS)} (last stage)",
+                 f"  logs: tensorboard --logdir {os.path.join(self.workdir, 'stages')}"]
+        if tf.io.gfile.exists(os.path.join(best, workdir_lib.BEST_FILE)):
+            chosen = workdir_lib.read_json(os.path.join(best, workdir_lib.BEST_FILE))
+            lines.append(f"  best: {best} (step {chosen['step']}, {chosen['select_by']} "
+                         f"{chosen.get(chosen['select_by'], float('nan')):.4f})")
+        lines.append(f"  next: python -m chestxray_tf.cli.evaluate --workdir {self.workdir}")
+        return "\n".join(lines)
 
     def _run_stages(self):
         last, previous = {}, None
@@ -429,6 +475,10 @@ class StageTrainer:
         logged values."""
         config = self.config
         step = self._restore()
+        if step >= config.num_steps and step:
+            logging.warning("stage %s: its checkpoint is at step %d, num_steps=%d: nothing to "
+                            "train (raise --config.train.num_steps to train on)",
+                            self.stage.name, step, config.num_steps)
         bar = tqdm(total=config.num_steps, initial=step, unit="step", dynamic_ncols=True,
                    disable=not (config.progress_bar and self.chief))
         last, stopped = {}, False
@@ -481,6 +531,10 @@ class StageTrainer:
                 self._write_scalars(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}",
                                 img_s=f"{last['images_per_second']:.1f}")
+                if bar.disable and self.chief:
+                    logging.info("stage %s step %d/%d: loss %.4f, lr %.3g, %.1f images/s",
+                                 self.stage.name, step, config.num_steps, last["loss"],
+                                 last["learning_rate"], last["images_per_second"])
                 sums, count, tick = {}, 0, time.time()
             if config.eval_every_steps and step % config.eval_every_steps == 0:
                 stopped = self._validate_and_save(step)

@@ -79,9 +79,26 @@ def test_show_draws_boxed_examples_first(built_set, tmp_path):
         image_id = path.rsplit("/", 1)[1]
         assert table.loc[image_id, "has_box"]
         pixels = np.asarray(Image.open(path))
-        assert pixels.shape == (64, 64, 3)
+        assert pixels.shape == (inspect_lib.SHOW_SIZE, inspect_lib.SHOW_SIZE, 3)  # up-sampled
         coloured = (pixels[..., 0] != pixels[..., 1]) | (pixels[..., 1] != pixels[..., 2])
         assert coloured.any()  # the grey image got coloured box outlines
+    assert inspect_lib.show(built_set, 3, tmp_path / "show") == written  # a re-run: kept
+    with open(written[0], "wb") as f:
+        f.write(b"a user's file")
+    with pytest.raises(FileExistsError, match=written[0]):
+        inspect_lib.show(built_set, 3, tmp_path / "show")
+    assert open(written[0], "rb").read() == b"a user's file"
+
+
+def test_draw_boxes_keeps_a_border_label_inside_the_image():
+    """A box at the right edge: its class name is moved in, drawn whole on a dark band."""
+    image = inspect_lib.draw_boxes(np.full((64, 64), 128, np.uint8),
+                                   np.array([[0.0, 0.9, 0.2, 1.0]]), np.array([10]), 256)
+    pixels = np.asarray(image).astype(int)
+    assert pixels.shape == (256, 256, 3)
+    band = (pixels.sum(axis=-1) == 0)
+    columns = np.flatnonzero(band.any(axis=0))
+    assert len(columns) > 40 and columns.max() < 256 - 1  # the name's band is whole, inside
 
 
 def test_draw_boxes_outlines_the_box():

@@ -37,8 +37,21 @@ def test_upsample_to_image_matches_the_cell_convention(grid_shape, image_shape):
 
 
 def coloured_pixels(png, rgb, tolerance=0.15):
+    """Pixels of colour `rgb` left of the gallery's colour scale (the right 8% of the PNG)."""
     pixels = mpimg.imread(png)[..., :3]
+    pixels = pixels[:, :int(pixels.shape[1] * 0.92)]
     return int(np.sum(np.all(np.abs(pixels - np.asarray(rgb)) < tolerance, axis=-1)))
+
+
+def test_gallery_has_a_colour_scale(tmp_path):
+    """The right strip holds the jet scale from blue (0) to red (1), whatever the maps."""
+    images, maps = blank_case()
+    pixels = mpimg.imread(figures.plot_heatmap_gallery(
+        images, maps, [np.zeros((0, 4))], None, None, tmp_path / "g.png"))[..., :3]
+    strip = pixels[:, int(pixels.shape[1] * 0.92):]
+    reddish = np.all(np.abs(strip - (0.5, 0, 0)) < 0.2, axis=-1).sum()
+    bluish = np.all(np.abs(strip - (0, 0, 0.5)) < 0.2, axis=-1).sum()
+    assert reddish > 5 and bluish > 5
 
 
 def blank_case(count=1):
@@ -107,6 +120,7 @@ def test_plot_roc_curves(tmp_path):
     labels[:, 13] = 0  # a class without positives is listed, not drawn
     probs = np.clip(0.4 * labels + 0.6 * rng.uniform(size=(40, 14)), 0, 1)
     out = figures.plot_roc_curves(labels, probs, tmp_path / "roc.png")
-    assert mpimg.imread(out).shape[:2] == (600, 900)
+    # Small multiples: 4 panels a row, 4 rows for 14 classes (2.6 in each, 100 dpi).
+    assert mpimg.imread(out).shape[:2] == (int(100 * (2.6 * 4 + 0.4)), int(100 * 2.6 * 4))
     with pytest.raises(ValueError, match="one column per class"):
         figures.plot_roc_curves(labels[:, :3], probs[:, :3], tmp_path / "bad.png")

@@ -134,7 +134,7 @@ def test_li2018_table2_shows_published_ours_and_difference(tmp_path):
         paper, paper_std = published_row("li2018", "table2", "ours", group)
         ours = rows[(group, "**this run**")]
         difference = rows[(group, "*Δ this run - paper (ours)*")]
-        printed = rows[(group, "ours")]
+        printed = rows[(group, "paper: ours")]
         for name, ours_cell, diff_cell, paper_cell in zip(columns, ours, difference, printed):
             name = name.replace(" ", "_")
             assert paper_cell == f"{paper[name]:.2f} ± {paper_std[name]:.2f}"
@@ -145,7 +145,7 @@ def test_li2018_table2_shows_published_ours_and_difference(tmp_path):
             assert ours_cell == f"{value:.2f}"
             assert diff_cell == f"{value - paper[name]:+.2f}"
         reference, _ = published_row("li2018", "table2", "ref.", group)
-        assert rows[(group, "ref.")] == [f"{reference[n.replace(' ', '_')]:.2f}"
+        assert rows[(group, "paper: ref.")] == [f"{reference[n.replace(' ', '_')]:.2f}"
                                          for n in columns]
 
 
@@ -186,8 +186,9 @@ def test_classes_down_layout(tmp_path):
     results = full_results()
     _, markdown = write(tmp_path, "kim", results)
     header, rows = md_tables(section(markdown, "Table 3"))[0]
-    assert header == ["Class", "X. Wang et al. [18]", "J. Cai et al. [19]",
-                      "*L. Zhe et al. [20]", "*J. Liu et al. [21]", "Ours", "**this run**",
+    assert header == ["Class", "paper: X. Wang et al. [18]", "paper: J. Cai et al. [19]",
+                      "paper: *L. Zhe et al. [20]", "paper: *J. Liu et al. [21]", "paper: Ours",
+                      "**this run**",
                       "*Δ this run - paper (Ours)*"]
     by_class = {cells[0]: cells[1:] for cells in rows}
     assert list(by_class) == [n.replace("_", " ") for n in CLASS_NAMES] + ["Mean"]
@@ -214,13 +215,13 @@ def test_hermoza2020_marks_test_tuned_thresholds(tmp_path):
     _, markdown = write(tmp_path / "tuned", "hermoza2020", tuned)
     rows = grouped_rows(md_tables(section(markdown, "Table 3"))[0])
     assert ("0.3", "**this run, test-tuned thresholds**") in rows
-    assert ("0.3", "Ours [test-tuned]") in rows
+    assert ("0.3", "paper: Ours [test-tuned]") in rows
     assert "tuned on the boxed test images" in section(markdown, "Table 3")
     assert "- binarisation thresholds: test-tuned" in markdown
     validated = full_results(thresholds={"selection": "validation", "values": {}})
     _, markdown = write(tmp_path / "validated", "hermoza2020", validated)
     rows = grouped_rows(md_tables(section(markdown, "Table 2"))[0])
-    assert ("IoU", "**this run**") in rows and ("cDice", "Mix [test-tuned]") in rows
+    assert ("IoU", "**this run**") in rows and ("cDice", "paper: Mix [test-tuned]") in rows
     value = validated["cdice"]["per_class"]["Mass"]
     cdice = rows[("cDice", "**this run**")]
     assert cdice[4] == f"{value:.3f}"
@@ -287,8 +288,10 @@ def test_every_paper_row_is_reported_with_ours_beside_it(tmp_path, paper):
         assert [r["values"] for r in rows if r["kind"] == "published"] == \
             [r["values"] for r in table["rows"]]
         for group in compared["groups"]:
-            kinds = [r["kind"] for r in group["rows"]]
+            kinds = [r["kind"] for r in group["rows"] if r["kind"] not in ("chance", "counts")]
             assert kinds[-2:] == ["ours", "difference"]
+            extra = [r["kind"] for r in group["rows"]][len(kinds):]
+            assert set(extra) <= {"chance", "counts"}
         assert f"### {table['reference']}" in markdown
 
 
@@ -325,3 +328,34 @@ def test_details_variant_and_a_method_row_as_reference(tmp_path):
     with pytest.raises(ValueError, match="Relevance weights"):
         report.write_report(tmp_path / "bad", results, "hermoza2020", details={
             "Relevance weights": {"columns": ["class"], "rows": [["Nodule", 1.0]]}})
+
+
+def test_counts_chance_and_paper_labels_beside_our_row(tmp_path):
+    """Each compared group shows the test images behind our values (Cardiomegaly 0.67 from 3
+    boxes reads as such), the chance level of a localization accuracy, and labels the
+    published rows as the paper's."""
+    counts = {name: i + 1 for i, name in enumerate(BOXED_CLASSES)}
+    results = full_results()
+    for t, table in results["localization"]["iou"].items():
+        table["counts"] = counts
+    results["localization_chance"] = {
+        "iou": {t: {"per_class": {n: 0.01 * (i + 1) for i, n in enumerate(BOXED_CLASSES)}}
+                for t in results["localization"]["iou"]},
+        "inclusive": False}
+    payload, markdown = write(tmp_path, "li2018", results)
+    table2 = next(t for t in payload["tables"] if t["id"] == "table2")
+    group = next(g for g in table2["groups"] if g["label"] == "0.3")
+    rows = {r["kind"]: r for r in group["rows"]}
+    columns = table2["columns"]
+    assert rows["counts"]["values"] == [counts[c] for c in columns]
+    chance = dict(zip(columns, rows["chance"]["values"]))
+    assert chance["Mass"] == pytest.approx(0.01 * (BOXED_CLASSES.index("Mass") + 1))
+    cardiomegaly = BOXED_CLASSES.index("Cardiomegaly")
+    line = next(ln for ln in markdown.splitlines()
+                if ln.startswith("|  | *n (test images with a box of the class)*"))
+    assert line.split(" | ")[2 + cardiomegaly] == str(counts["Cardiomegaly"])
+    assert "| 0.3 | paper: ref. |" in markdown and "|  | paper: ours |" in markdown
+    # The AUC table has no chance row and no count unless the results give counts.
+    table1 = next(t for t in payload["tables"] if t["id"] == "table1")
+    assert {r["kind"] for g in table1["groups"] for r in g["rows"]} <= {
+        "published", "ours", "difference"}

@@ -17,9 +17,9 @@ import processes
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _run(module, *args):
+def _run(module, *args, cwd=REPO):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -34,12 +34,13 @@ def test_build_then_inspect(nih_source, tmp_path):
     assert manifest["command"].startswith("python -m tfrecords_tools.build_nih --nih_dir=")
     assert "img/s" in built.stderr  # the progress bar
 
-    inspected = _run("tfrecords_tools.inspect", f"--input={out}", "--show=2",
-                     f"--show_dir={tmp_path / 'show'}")
+    # The README's command as printed: `--show N` alone draws into ./inspect_show.
+    inspected = _run("tfrecords_tools.inspect", "--input", str(out), "--show", "2",
+                     cwd=tmp_path)
     assert inspected.returncode == 0, inspected.stderr
     report = json.loads(inspected.stdout[:inspected.stdout.index("wrote")])
     assert report["counts"] == manifest["counts"]
-    assert len(os.listdir(tmp_path / "show")) == 2
+    assert len(os.listdir(tmp_path / "inspect_show")) == 2
 
 
 def test_build_of_a_folder_with_a_missing_image_fails_naming_it(nih_source, tmp_path):
