@@ -460,6 +460,7 @@ def test_cli_checks_its_numbers_before_loading_the_model(tmp_path):
         assert ("top_k must be" in result.stderr or "threshold must be" in result.stderr), \
             result.stderr[-2000:]
         assert "neither an exported SavedModel" not in result.stderr
+        assert "Traceback" not in result.stderr  # a user error is one line (cli.run)
 
 
 # ------------------------------------------- decision threshold vs map threshold (#18 item 6)

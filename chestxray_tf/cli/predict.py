@@ -14,7 +14,8 @@ NAME.json, NAME.png per image and summary.csv (see `chestxray_tf.predict`); a fi
 gets an error row and the batch goes on; the exit code is 1 when any file failed. --output must
 be new, empty or an earlier output folder of predict (replaced as a whole), and never the
 input's folder (see `chestxray_tf.predict`); the thresholds and --top_k are checked before the
-model is loaded.
+model is loaded. A user error (a bad threshold, a model folder that is neither, an --output
+that is not ours) ends in one line (`chestxray_tf.cli.run`; --debug shows the traceback).
 """
 
 import collections
@@ -56,12 +57,9 @@ def map_threshold():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:  # before loading anything
-        threshold = map_threshold()
-        decision = predict.parse_decision_threshold(_DECISION.value)
-        predict.check_arguments(threshold, _TOP_K.value, decision)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from e
+    threshold = map_threshold()  # the numbers checked before anything is loaded
+    decision = predict.parse_decision_threshold(_DECISION.value)
+    predict.check_arguments(threshold, _TOP_K.value, decision)
     cli.quiet_tensorflow()
     predictor = predict.load_predictor(_MODEL.value, _CHECKPOINT.value)
     summary = predict.predict_files(predictor, _INPUT.value, _OUTPUT.value, threshold,
@@ -78,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
