@@ -9,10 +9,15 @@
 * `image`: how the file was read (`chestxray_tf.io`: format, width, height, scaling; for DICOM
   the photometric interpretation, rescale and VOI applied) and `padding` (the square the model
   saw: `top`, `left`, `side`, centred on black);
-* `threshold`: the map threshold T_s of the regions (Li et al. 2018, Sec. 3.3: cells with
-  p > T_s form the region); `box_format`: boxes are [x, y, w, h] in pixels of the original
-  image, (x, y) its top-left corner (the convention of NIH's BBox_List_2017.csv);
-* `findings`: the `top_k` reported classes by probability, highest first;
+* `notice`: `NOTICE`, that the models are for research, not diagnosis;
+* `map_threshold`: the map threshold T_s of the regions (Li et al. 2018, Sec. 3.3: cells with
+  p > T_s form the region); `decision_threshold`: {class: threshold} of the findings (a class
+  is a finding when its probability is >= its decision threshold; 0.5 by default), two
+  separate numbers: a map cell above T_s does not make a finding;
+* `box_format`: boxes are [x, y, w, h] in pixels of the original image, (x, y) its top-left
+  corner (the convention of NIH's BBox_List_2017.csv);
+* `findings`: the reported classes whose probability reaches their decision threshold,
+  highest first, at most `top_k` (none when no class reaches it);
 * `classes`: for each reported class (all, or `--classes`), its `probability` (the task's
   image-level score, Li et al. Eq. 2 for Li's model) and its `regions`: the task's regions on
   the map (its region rule, the one evaluation and the SavedModel use: `chestxray_tf.inference`;
@@ -21,8 +26,11 @@
   a region lying wholly in the padding is not in the image and is left out.
 
 `NAME.png` shows the image once per finding: the finding's map as a heat map, its region boxes
-(dashed), the class and its probability as the title. `summary.csv` has a row per file: its
-status (`ok` or `error` with the message), the findings and every reported class's probability.
+(dashed), the class and its probability as the title; with no finding, the most probable
+reported class, titled "no finding: CLASS p=... < its decision threshold". `summary.csv` has a
+row per file: its status (`ok` or `error` with the message), the findings (`NAME.json`'s, with
+their probabilities) and every reported class's probability. For research only, not for
+diagnosis (`NOTICE`: in every NAME.json, printed by the CLI).
 
 Inputs: `--input` is a file or a folder, walked recursively in sorted order; a folder's files
 named `.png`, `.jpg`, `.jpeg`, `.dcm`, `.dicom` or without a suffix (as PACS exports often are)
@@ -74,6 +82,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from chestxray_tf import export, fileio, inference, workdir as workdir_lib
+from chestxray_tf.api import DECISION_THRESHOLD, NOTICE
 from chestxray_tf import io as io_lib
 from chestxray_tf.evaluation import figures
 from chestxray_tf.labels import ALIASES
@@ -300,14 +309,81 @@ def check_output_location(input_path, output_dir, files):
             "replaces the folder as a whole: move them away or choose another --output")
 
 
-def check_arguments(threshold=None, top_k=3):
-    """Raises ValueError for a threshold outside [0, 1] (or not finite) or a top_k below 1;
-    called before any work (the CLI calls it before loading the model)."""
-    if threshold is not None and not (isinstance(threshold, (int, float))
-                                      and math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-        raise ValueError(f"threshold must be in [0, 1] (maps are probabilities), got {threshold}")
+def _check_probability(value, what):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value)
+                                       and 0.0 <= value <= 1.0):
+        raise ValueError(f"{what} must be in [0, 1] (maps and scores are probabilities), got "
+                         f"{value!r}")
+
+
+def check_arguments(threshold=None, top_k=3, decision_threshold=DECISION_THRESHOLD):
+    """Raises ValueError for a map `threshold` or a `decision_threshold` (a number, or
+    {class: number}) outside [0, 1] (or not finite), or a top_k below 1; called before any
+    work (the CLI calls it before loading the model)."""
+    if threshold is not None:
+        _check_probability(threshold, "threshold")
+    if isinstance(decision_threshold, dict):
+        for name, value in decision_threshold.items():
+            _check_probability(value, f"decision threshold of {name}")
+    else:
+        _check_probability(decision_threshold, "decision_threshold")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an integer of at least 1, got {top_k}")
+
+
+def parse_decision_threshold(value):
+    """A decision threshold given as text (`--decision_threshold`): a number, or the path of
+    a JSON file of {class: number}.
+
+    Raises:
+        ValueError: neither a number nor a readable JSON object (naming the value or file).
+    """
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    if not os.path.isfile(value):
+        raise ValueError(f"--decision_threshold={value}: neither a number nor a JSON file")
+    try:
+        with open(value, encoding="utf-8") as f:
+            thresholds = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--decision_threshold={value}: not readable JSON ({e})") from e
+    if not isinstance(thresholds, dict):
+        raise ValueError(f"--decision_threshold={value}: expected a JSON object "
+                         "{class: number}")
+    return thresholds
+
+
+def map_threshold_of(map_threshold, threshold):
+    """The map threshold from `--map_threshold` and its deprecated old name `--threshold`
+    (either may be None).
+
+    Raises:
+        ValueError: both given, with different values.
+    """
+    if threshold is None:
+        return map_threshold
+    if map_threshold is not None and map_threshold != threshold:
+        raise ValueError(f"--threshold={threshold} (deprecated: the map threshold) and "
+                         f"--map_threshold={map_threshold} disagree; give only --map_threshold")
+    return threshold
+
+
+def decision_thresholds(class_names, decision_threshold=DECISION_THRESHOLD):
+    """float64 [K]: each class's decision threshold, from one number for every class or
+    {class name or NIH alias: number} (a class not named: `DECISION_THRESHOLD`).
+
+    Raises:
+        ValueError: a threshold outside [0, 1] or an unknown class.
+    """
+    check_arguments(decision_threshold=decision_threshold)
+    if not isinstance(decision_threshold, dict):
+        return np.full(len(class_names), float(decision_threshold))
+    values = np.full(len(class_names), DECISION_THRESHOLD)
+    for name, value in decision_threshold.items():
+        values[select_classes(class_names, [name])[0]] = float(value)
+    return values
 
 
 def select_classes(class_names, classes=None):
@@ -353,8 +429,48 @@ class Prediction:
     regions: dict
 
 
+def as_scan(image):
+    """An `io.Scan` from a Scan, a file path (`io.read_image`) or a numpy array: [H, W] or
+    [H, W, 1] grey, or [H, W, 3] RGB (turned grey with ITU-R 601 weights, as Pillow's "L");
+    uint8 is taken as it is, any other dtype min-max scaled to 0..255 (`io.to_uint8`, as a
+    16-bit file is).
+
+    Raises:
+        ImageReadError: an unreadable file, or an array of another shape, empty, or beyond the
+            bounds of `io.check_bounds`.
+    """
+    if isinstance(image, io_lib.Scan):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return io_lib.read_image(image)
+    pixels = np.asarray(image)
+    source = {"format": "array", "dtype": str(pixels.dtype), "shape": list(pixels.shape)}
+    what = f"numpy array {pixels.dtype} {list(pixels.shape)}"
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if not (pixels.ndim == 2 or pixels.ndim == 3 and pixels.shape[-1] == 3) or not (
+            np.issubdtype(pixels.dtype, np.number) or pixels.dtype == bool):
+        raise io_lib.ImageReadError(what, "expected [H, W], [H, W, 1] or [H, W, 3] numbers")
+    io_lib.check_bounds(what, pixels.shape[1], pixels.shape[0])
+    if pixels.dtype != np.uint8:
+        pixels = io_lib.to_uint8(pixels)
+    if pixels.ndim == 3:
+        pixels = np.round(pixels @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    height, width = pixels.shape
+    return io_lib.Scan(pixels=pixels, source={**source, "width": width, "height": height})
+
+
 def predict_scan(predictor, scan, threshold, class_ids):
-    """Runs the model on a `io.Scan` padded to a square; regions of the classes `class_ids`."""
+    """Runs the model on a scan padded to a square; regions of the classes `class_ids`.
+
+    Args:
+        predictor: `load_predictor(...)`.
+        scan: an `io.Scan`, a file path or a numpy array (`as_scan`).
+        threshold: the map threshold T_s of the regions (None: the model's).
+        class_ids: indices of the classes whose regions are found.
+    """
+    scan = as_scan(scan)
+    threshold = predictor.metadata["region_threshold"] if threshold is None else threshold
     square, padding = io_lib.pad_to_square(scan.pixels)
     outputs = predictor.serve(tf.constant(square[None, :, :, None], tf.float32))
     probs = outputs[predictor.metadata["score_key"]].numpy()[0]
@@ -367,29 +483,50 @@ def predict_scan(predictor, scan, threshold, class_ids):
         k: regions_in_original(boxes[k], scores[k], padding) for k in class_ids})
 
 
-def top_findings(prediction, class_ids, top_k):
-    """The `top_k` of `class_ids` by probability, highest first (ties: canonical order)."""
-    return sorted(class_ids, key=lambda k: (-prediction.probs[k], k))[:top_k]
+def top_findings(prediction, class_ids, top_k, thresholds=None):
+    """The findings among `class_ids`: the classes whose probability is >= their decision
+    threshold (`thresholds` [K], `decision_thresholds`; default `DECISION_THRESHOLD`), at most
+    `top_k`, highest first (ties: canonical order)."""
+    if thresholds is None:
+        thresholds = np.full(len(prediction.probs), DECISION_THRESHOLD)
+    found = [k for k in class_ids if prediction.probs[k] >= thresholds[k]]
+    return sorted(found, key=lambda k: (-prediction.probs[k], k))[:top_k]
 
 
-def findings_json(file_name, predictor, scan, prediction, threshold, class_ids, top_k):
-    """The content of NAME.json (see the module docstring)."""
+def findings_json(file_name, predictor, scan, prediction, threshold, class_ids, top_k,
+                  thresholds=None):
+    """The content of NAME.json (see the module docstring); `threshold` is the map threshold,
+    `thresholds` [K] the decision thresholds (`top_findings`)."""
     names = predictor.metadata["class_names"]
+    if thresholds is None:
+        thresholds = np.full(len(names), DECISION_THRESHOLD)
     return {
         "file": file_name,
+        "notice": NOTICE,
         "model": predictor.model_id,
         "image": {**scan.source, "padding": prediction.padding.as_dict()},
-        "threshold": float(threshold),
+        "map_threshold": float(threshold),
+        "decision_threshold": {names[k]: float(thresholds[k]) for k in class_ids},
         "box_format": BOX_FORMAT,
-        "findings": [names[k] for k in top_findings(prediction, class_ids, top_k)],
+        "findings": [names[k] for k in top_findings(prediction, class_ids, top_k, thresholds)],
         "classes": {names[k]: {"probability": float(prediction.probs[k]),
                                "regions": prediction.regions[k]} for k in class_ids},
     }
 
 
-def write_overlay(scan, prediction, class_names, findings, out_png):
-    """NAME.png: a panel per finding (class index in `findings`) with its heat map, region
-    boxes and probability (`figures.plot_heatmap_gallery`)."""
+def overlay_titles(prediction, class_names, findings, class_ids, thresholds):
+    """(class indices, titles) of the panels of NAME.png: a panel per finding; with none, the
+    most probable of `class_ids`, titled below its decision threshold."""
+    if findings:
+        return findings, [f"{class_names[k]}  p={prediction.probs[k]:.2f}" for k in findings]
+    [top] = sorted(class_ids, key=lambda k: (-prediction.probs[k], k))[:1]
+    return [top], [f"no finding: {class_names[top]}  p={prediction.probs[top]:.2f} "
+                   f"< {thresholds[top]:.2f}"]
+
+
+def write_overlay(scan, prediction, class_names, panels, titles, out_png):
+    """NAME.png: a panel per class index of `panels` with its heat map, region boxes and
+    title (`overlay_titles`; `figures.plot_heatmap_gallery`)."""
     height, width = scan.pixels.shape
     scale = min(1.0, OVERLAY_MAX_SIDE / max(height, width))
     shown = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -397,14 +534,12 @@ def write_overlay(scan, prediction, class_names, findings, out_png):
         Image.fromarray(scan.pixels).resize(shown[::-1], Image.BILINEAR))
     to_shown = np.array([shown[1] / width, shown[0] / height] * 2)
     return figures.plot_heatmap_gallery(
-        [image] * len(findings),
-        [prediction.padding.grid_on_original(prediction.maps[..., k], *shown) for k in findings],
-        None, None,
-        [f"{class_names[k]}  p={prediction.probs[k]:.2f}" for k in findings],
-        out_png,
+        [image] * len(panels),
+        [prediction.padding.grid_on_original(prediction.maps[..., k], *shown) for k in panels],
+        None, None, titles, out_png,
         pred_boxes=[np.array([r["box"] for r in prediction.regions[k]]).reshape(-1, 4)
-                    * to_shown for k in findings],
-        columns=len(findings))
+                    * to_shown for k in panels],
+        columns=len(panels))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,13 +555,17 @@ class Summary:
         return sum(row["status"] != "ok" for row in self.rows)
 
 
-def _predict_file(predictor, path, file_name, out_base, threshold, class_ids, top_k):
+def _predict_file(predictor, path, file_name, out_base, threshold, class_ids, top_k,
+                  thresholds):
     scan = io_lib.read_image(path)
     prediction = predict_scan(predictor, scan, threshold, class_ids)
-    findings = findings_json(file_name, predictor, scan, prediction, threshold, class_ids, top_k)
+    findings = findings_json(file_name, predictor, scan, prediction, threshold, class_ids, top_k,
+                             thresholds)
     os.makedirs(os.path.dirname(out_base), exist_ok=True)
-    write_overlay(scan, prediction, predictor.metadata["class_names"],
-                  top_findings(prediction, class_ids, top_k), out_base + ".png")
+    names = predictor.metadata["class_names"]
+    write_overlay(scan, prediction, names, *overlay_titles(
+        prediction, names, [names.index(c) for c in findings["findings"]], class_ids,
+        thresholds), out_base + ".png")
     with open(out_base + ".json", "w", encoding="utf-8") as f:  # last: it marks a complete file
         json.dump(findings, f, indent=2)
     return findings
@@ -477,7 +616,7 @@ def _swap_in(staging, real_out, output_dir):
 
 
 def predict_files(predictor, input_path, output_dir, threshold=None, top_k=3, classes=None,
-                  progress=True):
+                  progress=True, decision_threshold=DECISION_THRESHOLD):
     """Predicts every image of `input_path` (see the module docstring) into `output_dir`.
 
     A file that fails (unreadable, beyond the bounds of `io.check_bounds`, or any error while
@@ -491,9 +630,11 @@ def predict_files(predictor, input_path, output_dir, threshold=None, top_k=3, cl
         output_dir: where NAME.json, NAME.png and summary.csv go: a new or empty folder, or an
             earlier output folder of predict, whose content is replaced.
         threshold: the map threshold T_s of the regions (default: the model's).
-        top_k: findings per image (>= 1).
+        top_k: at most this many findings per image (>= 1).
         classes: class names to report (default: all).
         progress: show a tqdm bar.
+        decision_threshold: a class is a finding when its probability is >= this (one number,
+            or {class: number}, `decision_thresholds`).
 
     Returns:
         `Summary`.
@@ -504,9 +645,10 @@ def predict_files(predictor, input_path, output_dir, threshold=None, top_k=3, cl
             is or holds an input.
         FileExistsError: an `output_dir` that holds files predict did not write.
     """
-    check_arguments(threshold, top_k)
+    check_arguments(threshold, top_k, decision_threshold)
     names = predictor.metadata["class_names"]
     class_ids = select_classes(names, classes)
+    thresholds = decision_thresholds(names, decision_threshold)
     threshold = predictor.metadata["region_threshold"] if threshold is None else threshold
     check_arguments(threshold, top_k)
     if os.path.isdir(input_path) and is_output_folder(input_path):
@@ -532,7 +674,7 @@ def predict_files(predictor, input_path, output_dir, threshold=None, top_k=3, cl
                    "error": "", "findings": ""}
             try:
                 result = _predict_file(predictor, path, row["file"], os.path.join(staging, name),
-                                       threshold, class_ids, top_k)
+                                       threshold, class_ids, top_k, thresholds)
             except Exception as e:  # pylint: disable=broad-except  (one bad file must not stop all)
                 row.update(status="error", error=str(e) if isinstance(e, io_lib.ImageReadError)
                            else f"{path}: {type(e).__name__}: {e}")

@@ -102,7 +102,8 @@ def test_json_contents(stub_predictor, stub_saved_model, tmp_path):
     Image.fromarray(pixels).save(tmp_path / "in" / "scan.png")
     run(stub_predictor, tmp_path, threshold=0.62, top_k=2)
     found = read_json(tmp_path / "out" / "scan.json")
-    assert found["file"] == "scan.png" and found["threshold"] == 0.62
+    assert found["file"] == "scan.png" and found["map_threshold"] == 0.62
+    assert found["notice"] == predict.NOTICE
     assert found["model"] == {
         "type": "saved_model", "path": str(stub_saved_model),
         "fingerprint": tf.saved_model.experimental.read_fingerprint(
@@ -449,7 +450,7 @@ def test_jpeg_exif_orientation_boxes_are_in_the_upright_frame(stub_predictor, tm
 
 
 def test_cli_checks_its_numbers_before_loading_the_model(tmp_path):
-    for flag in ("--top_k=0", "--threshold=nan", "--threshold=-0.1"):
+    for flag in ("--top_k=0", "--map_threshold=nan", "--decision_threshold=-0.1"):
         result = subprocess.run(
             [sys.executable, "-m", "chestxray_tf.cli.predict", f"--model={tmp_path / 'none'}",
              f"--input={tmp_path}", f"--output={tmp_path / 'out'}", flag],
@@ -459,3 +460,126 @@ def test_cli_checks_its_numbers_before_loading_the_model(tmp_path):
         assert ("top_k must be" in result.stderr or "threshold must be" in result.stderr), \
             result.stderr[-2000:]
         assert "neither an exported SavedModel" not in result.stderr
+        assert "Traceback" not in result.stderr  # a user error is one line (cli.run)
+
+
+# ------------------------------------------- decision threshold vs map threshold (#18 item 6)
+
+
+def test_a_finding_needs_its_probability_not_a_map_cell(stub_predictor, tmp_path):
+    # A dim square (brightness 0.3): probability of class k = 0.3 x WEIGHTS[k] < 0.5 for all,
+    # yet its cells pass a map threshold of 0.1: regions, but no finding.
+    (tmp_path / "in").mkdir()
+    pixels = np.zeros((64, 64), np.uint8)
+    pixels[8:24, 8:24] = round(0.3 * 255)
+    Image.fromarray(pixels).save(tmp_path / "in" / "dim.png")
+    summary, out = run(stub_predictor, tmp_path, threshold=0.1)
+    found = read_json(out / "dim.json")
+    assert found["findings"] == [] and summary.rows[0]["findings"] == ""
+    assert found["map_threshold"] == 0.1
+    assert found["decision_threshold"] == {name: 0.5 for name in CLASS_NAMES}
+    assert found["classes"]["Atelectasis"]["regions"]  # the map still has its region
+    assert found["classes"]["Atelectasis"]["probability"] < 0.5
+    with Image.open(out / "dim.png") as overlay:  # one panel: the most probable class
+        assert overlay.size[0] == 300
+    # Per class: Atelectasis (p = 0.3) becomes a finding at 0.25; Hernia (0.105) does not.
+    summary, out = run(stub_predictor, tmp_path, threshold=0.1,
+                       decision_threshold={"Atelectasis": 0.25, "Hernia": 0.25})
+    found = read_json(out / "dim.json")
+    assert found["findings"] == ["Atelectasis"]
+    assert found["decision_threshold"]["Atelectasis"] == 0.25
+    assert found["decision_threshold"]["Cardiomegaly"] == predict.DECISION_THRESHOLD
+    assert summary.rows[0]["findings"] == f"Atelectasis {76 / 255:.3f}"  # 76 = round(0.3 x 255)
+
+
+@pytest.mark.parametrize("decision, top_k", [(0.0, 20), (0.6, 20), (0.9, 20), (0.6, 2)])
+def test_findings_are_the_classes_at_or_above_the_decision_threshold(decision, top_k):
+    probs = np.array([0.2, 0.9, 0.6, 0.6, 0.95])
+    prediction = predict.Prediction(probs=probs, maps=None, padding=None, regions={})
+    thresholds = predict.decision_thresholds(["a", "b", "c", "d", "e"], decision)
+    found = predict.top_findings(prediction, [0, 1, 2, 3, 4], top_k, thresholds)
+    expected = []  # by hand: every class >= the threshold, highest first, ties by index
+    for k in (4, 1, 2, 3, 0):
+        if probs[k] >= decision and len(expected) < top_k:
+            expected.append(k)
+    assert found == expected
+
+
+def test_decision_thresholds_per_class_and_bad_values():
+    names = list(CLASS_NAMES)
+    values = predict.decision_thresholds(names, {"Infiltrate": 0.2, "Hernia": 1.0})
+    assert values[names.index("Infiltration")] == 0.2 and values[names.index("Hernia")] == 1.0
+    assert (np.delete(values, [names.index("Infiltration"), names.index("Hernia")]) == 0.5).all()
+    with pytest.raises(ValueError, match="unknown class 'Flu'"):
+        predict.decision_thresholds(names, {"Flu": 0.3})
+    with pytest.raises(ValueError, match="decision threshold of Mass must be in"):
+        predict.decision_thresholds(names, {"Mass": 2})
+    with pytest.raises(ValueError, match="decision_threshold must be in"):
+        predict.decision_thresholds(names, float("nan"))
+
+
+def test_predict_scan_takes_an_array_a_path_or_a_scan(stub_predictor, tmp_path):
+    pixels = bright_square(40, 64, (4, 20), (40, 56))
+    Image.fromarray(pixels).save(tmp_path / "scan.png")
+    from_scan = predict.predict_scan(stub_predictor, io_lib.read_image(tmp_path / "scan.png"),
+                                     0.5, [0])
+    for image in (pixels, pixels[..., None], np.repeat(pixels[..., None], 3, axis=-1),
+                  pixels.astype(np.uint16) * 257, pixels.astype(np.float32) / 255.0,
+                  str(tmp_path / "scan.png"), tmp_path / "scan.png"):
+        prediction = predict.predict_scan(stub_predictor, image, None, [0])
+        np.testing.assert_allclose(prediction.probs, from_scan.probs, atol=1e-6)
+        np.testing.assert_allclose(prediction.regions[0][0]["box"], [40, 4, 16, 16], atol=1e-4)
+    with pytest.raises(io_lib.ImageReadError, match=r"numpy array int64 \[2, 3, 4\]"):
+        predict.predict_scan(stub_predictor, np.zeros((2, 3, 4), np.int64), None, [0])
+    with pytest.raises(io_lib.ImageReadError, match="aspect ratio"):
+        predict.as_scan(np.zeros((10, 500), np.uint8))
+
+
+def test_as_scan_grey_of_rgb_and_scaling_against_a_loop():
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    grey = predict.as_scan(rgb).pixels
+    for i in range(5):  # ITU-R 601 luma, as Pillow's "L" mode
+        for j in range(7):
+            r, g, b = (float(v) for v in rgb[i, j])
+            assert abs(int(grey[i, j]) - (0.299 * r + 0.587 * g + 0.114 * b)) <= 0.5 + 1e-9
+    wide = np.array([[1000, 3000], [2000, 5000]], np.uint16)
+    scan = predict.as_scan(np.tile(wide, (4, 4)))
+    assert scan.pixels.dtype == np.uint8 and scan.pixels.max() == 255 and scan.pixels.min() == 0
+    assert scan.pixels[0, 1] == round((3000 - 1000) * 255 / 4000)
+    assert scan.source["format"] == "array" and scan.source["dtype"] == "uint16"
+
+
+def test_cli_threshold_is_a_deprecated_alias_and_prints_the_notice(stub_saved_model, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(bright_square(32, 32, (0, 8), (0, 8))).save(tmp_path / "in" / "ok.png")
+    (tmp_path / "decide.json").write_text(json.dumps({"Atelectasis": 0.05}))
+    result = subprocess.run(
+        [sys.executable, "-m", "chestxray_tf.cli.predict", f"--model={stub_saved_model}",
+         f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}", "--threshold=0.3",
+         f"--decision_threshold={tmp_path / 'decide.json'}"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--threshold is deprecated" in result.stderr and "--map_threshold" in result.stderr
+    assert predict.NOTICE in result.stdout
+    found = read_json(tmp_path / "out" / "ok.json")
+    assert found["map_threshold"] == 0.3 and found["decision_threshold"]["Atelectasis"] == 0.05
+
+
+def test_threshold_flags_parsing(tmp_path):
+    assert predict.parse_decision_threshold("0.25") == 0.25
+    (tmp_path / "t.json").write_text('{"Mass": 0.3}')
+    assert predict.parse_decision_threshold(str(tmp_path / "t.json")) == {"Mass": 0.3}
+    (tmp_path / "list.json").write_text("[0.3]")
+    (tmp_path / "bad.json").write_text("{")
+    for value, message in [("high", "neither a number nor a JSON file"),
+                           (str(tmp_path / "list.json"), "expected a JSON object"),
+                           (str(tmp_path / "bad.json"), "not readable JSON")]:
+        with pytest.raises(ValueError, match=message):
+            predict.parse_decision_threshold(value)
+    assert predict.map_threshold_of(0.4, None) == 0.4
+    assert predict.map_threshold_of(None, 0.3) == predict.map_threshold_of(0.3, 0.3) == 0.3
+    assert predict.map_threshold_of(None, None) is None
+    with pytest.raises(ValueError, match="disagree"):
+        predict.map_threshold_of(0.4, 0.3)
