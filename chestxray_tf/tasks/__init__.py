@@ -3,8 +3,9 @@ its class, `get_task(name)` looks one up."""
 
 from chestxray_tf.tasks.baseline import Baseline
 from chestxray_tf.tasks.li2018 import Li2018
+from chestxray_tf.tasks.sedai2018 import Sedai2018
 
-TASKS = {task.name: task for task in (Li2018, Baseline)}
+TASKS = {task.name: task for task in (Li2018, Baseline, Sedai2018)}
 
 
 def get_task(name):
