@@ -201,10 +201,19 @@ def test_export_and_predict_serve_the_attention_map(sedai_run, tmp_path):
         np.testing.assert_allclose(prediction.maps, expected["attention"][0], atol=1e-5)
 
 
-def test_dncam_config_trains_through_the_cli(built_set, tmp_path):
-    run = _cli_train(built_set, tmp_path, "sedai2018_dncam", "--config.train.num_steps=2")
-    config, model, _ = workdir_lib.restore_model(str(run))
-    assert tuple(config.model.taps) == ("relu",)
+def test_dncam_config_through_the_cli_flag_trains(built_set, tmp_path):
+    """configs/sedai2018_dncam.py:tiny read by the CLI's config flag, then trained 2 steps."""
+    from absl import flags
+    from ml_collections import config_flags
+    from chestxray_tf.training import trainer
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+    values([sys.argv[0], f"--config={REPO}/configs/sedai2018_dncam.py:tiny"])
+    config = values.config
+    config.data.manifest, config.train.num_steps = str(built_set), 2
+    trainer.train(config, str(tmp_path))
+    config, model, _ = workdir_lib.restore_model(str(tmp_path))
+    assert tuple(config.model.taps) == ("relu",) and config.name == "sedai2018_dncam"
     np.testing.assert_array_equal(model.get_layer("relevance").relevance_weights(),
                                   np.ones((1, NUM_CLASSES)))
     task = get_task("sedai2018")(config)
