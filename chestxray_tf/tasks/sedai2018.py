@@ -32,11 +32,13 @@ def paper_settings(config):
     """The shared sections as the paper's protocol (Sec. 3; brief D-9 ... D-14), in place."""
     config.data.update(protocol="sedai2018", image_size=256, normalization="minus_one_one",
                        augment="")
-    # ~78.5k training images / 32 = 2,453 steps per epoch; at most 30 epochs (D-12).
+    # ~78.5k training images / 32 = 2,453 steps per epoch; at most 30 epochs (D-12); the
+    # validation loss of the plateau rule on the whole val split (~11.2k images; any count
+    # above it takes all).
     config.train.update(batch_size=32, optimizer="adam", learning_rate=1e-3, weight_decay=0.0,
                         lr_schedule="plateau", plateau_patience=1, plateau_factor=0.1,
                         plateau_min_delta=1e-4, plateau_min_lr=1e-6, select_by="val_loss",
-                        num_steps=30 * 2_453, eval_every_steps=0)
+                        num_steps=30 * 2_453, eval_every_steps=0, num_val_images=1_000_000)
     config.eval.update(localization="boxes", region_threshold=0.5, region_inclusive=False,
                        region_keep="each", max_regions=MAX_BOXES, iou_thresholds=(0.3, 0.5),
                        inclusive=False, afp=True, average_iou=True, threshold_selection="fixed",

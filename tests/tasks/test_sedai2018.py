@@ -57,6 +57,7 @@ def test_paper_config():
     assert (t.batch_size, t.optimizer, t.learning_rate, t.weight_decay) == (32, "adam", 1e-3, 0)
     assert (t.lr_schedule, t.plateau_patience, t.plateau_factor, t.plateau_min_lr,
             t.select_by) == ("plateau", 1, 0.1, 1e-6, "val_loss")
+    assert t.num_val_images > 11_212 and t.num_steps == 30 * 2_453   # whole val; 30 epochs
     e = config.eval
     assert (e.localization, e.region_keep, e.region_threshold, e.inclusive, e.afp,
             e.threshold_selection) == ("boxes", "each", 0.5, False, True, "fixed")
