@@ -46,7 +46,8 @@ def run_seed(seed, manifest, workdir, num_steps):
         [sys.executable, "-m", "chestxray_tf.cli.train", "--config=configs/sedai2018.py:tiny",
          f"--workdir={run_dir}", f"--config.data.manifest={manifest}",
          "--config.data.image_size=128", "--config.train.batch_size=16",
-         f"--config.train.num_steps={num_steps}", f"--config.train.steps_per_epoch={num_steps // 5}",
+         f"--config.train.num_steps={num_steps}",
+         f"--config.train.steps_per_epoch={num_steps // 5}",
          f"--config.train.checkpoint_every_steps={num_steps}", "--config.train.num_val_images=128",
          "--config.eval.batch_size=32", f"--config.seed={seed}"], run_dir / "train.log")
     if code:
@@ -74,6 +75,7 @@ def _accuracy(results, name, key="localization"):
 
 def analyse(records):
     """The two questions' numbers over seeds."""
+    clearly_above = validation._clearly_above  # pylint: disable=protected-access
     s = validation.summarize
     relevance = {name: s([r["weights"][name][0] for r in records]) for name in SMALL + (LARGE,)}
     multiscale = {}
@@ -82,10 +84,9 @@ def analyse(records):
         deep = s([_accuracy(r["deepest"], name) for r in records])
         chance = s([_accuracy(r["multiscale"], name, "localization_chance") for r in records])
         multiscale[name] = {"multiscale": multi, "deepest": deep, "chance": chance,
-                            "compare": validation._clearly_above(multi, deep)}  # noqa
+                            "compare": clearly_above(multi, deep)}
     return {"relevance_w1": relevance,
-            "relevance_holds": validation._clearly_above(  # pylint: disable=protected-access
-                relevance["Nodule"], relevance[LARGE]),
+            "relevance_holds": clearly_above(relevance["Nodule"], relevance[LARGE]),
             "localization_acc_iou0.3": multiscale,
             "auc_mean": s([r["multiscale"]["auc"]["mean"] for r in records])}
 

@@ -16,7 +16,6 @@ import numpy as np
 from chestxray_tf.labels import CLASS_NAMES, NUM_CLASSES
 from chestxray_tf.losses.weighted_bce import (batch_negative_fraction, class_balanced_bce,
                                               negative_fraction)
-from chestxray_tf.models.densenet import DENSENET_TINY
 from chestxray_tf.models.sedai2018 import SEDAI_TAPS, build_sedai2018
 from chestxray_tf.tasks import base
 
