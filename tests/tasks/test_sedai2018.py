@@ -122,6 +122,26 @@ def test_loss_matches_the_loop_reference():
                                                                 {"logits": logits})
 
 
+# ------------------------------------------------------------------ plateau schedule
+
+def test_plateau_of_the_paper_config_stops_at_1e_6_with_a_float32_lr():
+    """D-12 with the lr read back from a float32 optimizer variable, as the trainer does:
+    never-improving validations give 1e-4, 1e-5, 1e-6, then stop (not 1e-7)."""
+    from chestxray_tf.training import schedules
+    rule = schedules.Plateau.from_config(_config(arg="").train)
+    state = schedules.PlateauState(learning_rate=float(np.float32(1e-3)))
+    lrs = []
+    for value in (0.5, 0.6, 0.6, 0.6, 0.6):
+        state = rule.update(state, value)
+        state = schedules.PlateauState(learning_rate=float(np.float32(state.learning_rate)),
+                                       best=state.best, wait=state.wait, stop=state.stop)
+        lrs.append(state.learning_rate)
+        if state.stop:
+            break
+    np.testing.assert_allclose(lrs, [1e-3, 1e-4, 1e-5, 1e-6, 1e-6], rtol=1e-6)
+    assert state.stop and lrs[3] > 1e-6                   # float32's 1.0000001e-6 stops too
+
+
 # ------------------------------------------------------------------ split on the real sample
 
 def test_split_on_the_real_sample(nih_sample_dir):
