@@ -16,6 +16,8 @@ Outputs (a dict, read by key everywhere), all float32:
 * "logits" [N, K]: z_c = sum_b w_b^c l_b^c (the loss takes these).
 * "block_logits" [N, B, K]: l_b^c.
 * "attention" [N, S, S, K]: the normalised multiscale attention map (Eq. 3 + D-6).
+* "deepest_attention" [N, S, S, K]: the last tap's CAM alone, R(S_B^c) min-max normalised
+  (the DN-CAM reading of the same model, for the multiscale-vs-deepest comparison).
 The relevance weights are `model.get_layer("relevance").relevance_weights()` [B, K].
 """
 
@@ -138,7 +140,8 @@ def build_sedai2018(*, image_size=256, num_classes=NUM_CLASSES, backbone="densen
 
     Returns:
         A `keras.Model` with outputs {"image_probs" [N, K], "logits" [N, K],
-        "block_logits" [N, B, K], "attention" [N, S, S, K]}, float32 whatever the policy.
+        "block_logits" [N, B, K], "attention" [N, S, S, K], "deepest_attention"
+        [N, S, S, K]}, float32 whatever the policy.
     """
     if relevance not in RELEVANCE_CHOICES:
         raise ValueError(f"relevance must be one of {RELEVANCE_CHOICES}, got {relevance!r}")
@@ -167,5 +170,7 @@ def build_sedai2018(*, image_size=256, num_classes=NUM_CLASSES, backbone="densen
                                           name="image_probs")(logits)
     attention = MinMaxNormalization(dtype="float32", name="attention")(
         relevance_layer(block_maps))
+    deepest = MinMaxNormalization(dtype="float32", name="deepest_attention")(block_maps[-1])
     return keras.Model(image, {"image_probs": image_probs, "logits": logits,
-                               "block_logits": stacked, "attention": attention}, name=name)
+                               "block_logits": stacked, "attention": attention,
+                               "deepest_attention": deepest}, name=name)

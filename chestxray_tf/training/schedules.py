@@ -17,6 +17,7 @@ import math
 import keras
 
 LR_SCHEDULES = ("step", "plateau")
+FLOAT32_TOLERANCE = 1e-5
 
 
 def learning_rate_schedule(train_config, steps_per_epoch):
@@ -78,6 +79,8 @@ class Plateau:
         wait = state.wait + 1
         if wait < self.patience:
             return dataclasses.replace(state, wait=wait)
-        if state.learning_rate <= self.min_lr * (1 + 1e-9):
+        # Relative tolerance of float32: the optimizer holds the lr in a float32 variable
+        # (1e-3 x 0.1^3 reads back as 1.0000001e-6, which must still hit min_lr = 1e-6).
+        if state.learning_rate <= self.min_lr * (1 + FLOAT32_TOLERANCE):
             return dataclasses.replace(state, wait=0, stop=True)
         return dataclasses.replace(state, wait=0, learning_rate=state.learning_rate * self.factor)

@@ -141,14 +141,16 @@ def reference_forward(features, heads, w, image_size):
         cams.append(tf.image.resize(cam, (image_size, image_size), "bilinear").numpy())
     logits = np.zeros((batch, classes))
     attention = np.zeros((batch, image_size, image_size, classes))
+    deepest = np.zeros_like(attention)          # the last block's resized CAM alone
     for n in range(batch):
         for c in range(classes):
             logits[n, c] = sum(w[b, c] * block_logits[n, b, c] for b in range(blocks))
             s = sum(w[b, c] * cams[b][n, :, :, c] for b in range(blocks))       # Eq. 3
-            low, high = s.min(), s.max()
-            attention[n, :, :, c] = (s - low) / (high - low) if high > low else 0.0
+            for out, m in ((attention, s), (deepest, cams[-1][n, :, :, c])):
+                low, high = m.min(), m.max()
+                out[n, :, :, c] = (m - low) / (high - low) if high > low else 0.0
     probs = 1.0 / (1.0 + np.exp(-logits))                                        # Eq. 1
-    return probs, logits, block_logits, attention
+    return probs, logits, block_logits, attention, deepest
 
 
 @pytest.fixture(scope="module")
@@ -173,14 +175,17 @@ def test_outputs_match_loop_reference(tiny_model):
     heads = [[v.astype(np.float64) for v in tiny_model.get_layer(f"block{b}_fc").get_weights()]
              for b in (1, 2, 3)]
     w = tiny_model.get_layer("relevance").w.numpy().astype(np.float64)
-    probs, logits, block_logits, attention = reference_forward(features, heads, w, 64)
+    probs, logits, block_logits, attention, deepest = reference_forward(features, heads, w, 64)
     assert {key: (tuple(value.shape), value.dtype) for key, value in outputs.items()} == {
         "image_probs": ((2, 3), tf.float32), "logits": ((2, 3), tf.float32),
-        "block_logits": ((2, 3, 3), tf.float32), "attention": ((2, 64, 64, 3), tf.float32)}
+        "block_logits": ((2, 3, 3), tf.float32), "attention": ((2, 64, 64, 3), tf.float32),
+        "deepest_attention": ((2, 64, 64, 3), tf.float32)}
     np.testing.assert_allclose(outputs["block_logits"], block_logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(outputs["logits"], logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(outputs["image_probs"], probs, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(outputs["attention"], attention, atol=1e-4)
+    np.testing.assert_allclose(outputs["deepest_attention"], deepest, atol=1e-4)
+    assert np.abs(deepest - attention).max() > 0.05          # the two maps differ
     value = outputs["attention"].numpy()
     assert value.min() == 0.0 and value.max() == 1.0 and np.ptp(value[0, :, :, 0]) == 1.0
 
@@ -273,7 +278,7 @@ def test_full_size_densenet121_shapes():
     outputs = model(np.zeros((1, 256, 256, 3), np.float32), training=False)
     assert {key: tuple(value.shape) for key, value in outputs.items()} == {
         "image_probs": (1, 14), "logits": (1, 14), "block_logits": (1, 3, 14),
-        "attention": (1, 256, 256, 14)}
+        "attention": (1, 256, 256, 14), "deepest_attention": (1, 256, 256, 14)}
     assert SEDAI_TAPS == ("pool3_relu", "pool4_relu", "relu")
 
 
