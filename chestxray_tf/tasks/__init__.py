@@ -2,9 +2,10 @@
 its class, `get_task(name)` looks one up."""
 
 from chestxray_tf.tasks.baseline import Baseline
+from chestxray_tf.tasks.hermoza2020 import Hermoza2020
 from chestxray_tf.tasks.li2018 import Li2018
 
-TASKS = {task.name: task for task in (Li2018, Baseline)}
+TASKS = {task.name: task for task in (Li2018, Baseline, Hermoza2020)}
 
 
 def get_task(name):
