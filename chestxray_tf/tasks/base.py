@@ -140,6 +140,9 @@ def select_trainable(model, globs):
     Raises:
         ValueError: a glob selects no layer (a typo would silently freeze everything).
     """
+    # Keras' setter recurses only on a change: off then on re-enables every layer a previous
+    # stage froze (the stages of a run share one model).
+    model.trainable = False
     model.trainable = True
     globs = tuple(globs)
     if globs == ("*",):
