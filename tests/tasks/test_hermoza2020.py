@@ -180,3 +180,62 @@ def test_with_leaky_relu_replaces_every_relu():
             out = sum(hidden[i] * k2[i, j] for i in range(4)) + b2[j]
             want[n, j] = out if out > 0 else 0.1 * out
     np.testing.assert_allclose(leaky(inputs), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_tiny_three_stages_evaluate_export_predict(built_set, tmp_path):
+    """`configs/hermoza2020.py:tiny` through cli.train: three stages, the frozen module
+    bit-identical, tau annealed to 0.001; the evaluation reports of Mix / Sal / Det with Tables
+    2 and 3 (test-tuned), the export and predict of the Mix map."""
+    from absl.testing import flagsaver
+    from chestxray_tf import export, predict, workdir as workdir_lib
+    from chestxray_tf.cli import train as cli_train
+    from chestxray_tf.evaluation import evaluate
+    from PIL import Image
+
+    workdir = str(tmp_path / "run")
+    with flagsaver.flagsaver():
+        cli_train.FLAGS([
+            "train", "--config=configs/hermoza2020.py:tiny",
+            f"--config.data.manifest={built_set}", "--config.train.strategy=default",
+            "--config.train.num_val_images=8", f"--workdir={workdir}"])
+        cli_train.main(["train"])
+    folders = [os.path.basename(f) for f in workdir_lib.stage_dirs(workdir)]
+    assert folders == ["0_classification", "1_detection", "2_joint"]
+
+    def weights(stage, module):
+        path = workdir_lib.latest_checkpoint(os.path.join(workdir, "stages", stage,
+                                                          "checkpoints"))
+        model = workdir_lib.restore_model(workdir, path)[1]
+        return [v.numpy() for v in model.get_layer(module).weights]
+
+    cls_after_1 = weights("0_classification", "classification")
+    cls_after_2 = weights("1_detection", "classification")
+    det_after_1 = weights("0_classification", "detection")
+    det_after_2 = weights("1_detection", "detection")
+    # Stage 2 freezes the classification module; stage 1 the detection module.
+    assert all(np.array_equal(a, b) for a, b in zip(cls_after_1, cls_after_2))
+    assert any(not np.array_equal(a, b) for a, b in zip(det_after_1, det_after_2))
+    config, model, _ = workdir_lib.restore_model(workdir)
+    tau = float(model.get_layer("detection").get_layer("gumbel_pick").tau.numpy())
+    assert tau == pytest.approx(gumbel.annealed_tau(9, 10), rel=1e-5)  # last step's value
+
+    written = evaluate.evaluate(workdir, progress=False)
+    assert set(written["variants"]) == {"mix", "sal", "det"}
+    for variant, row in (("mix", "Mix"), ("sal", "Sal"), ("det", "Det")):
+        folder = written["out_dir"] if variant == "mix" else os.path.join(written["out_dir"],
+                                                                          variant)
+        report = json.loads(open(os.path.join(folder, "report.json")).read())
+        assert report["compared_with"] == row and report["variant"] == variant
+        text = open(os.path.join(folder, "report.md")).read()
+        assert "Table 2" in text and "Table 3" in text and "test-tuned" in text
+        assert "Released code re-run" in text and "LSE sharpness" in text
+
+    out = export.export_saved_model(model, config, str(tmp_path / "export"))
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 64), np.uint8)).save(
+        images / "a.png")
+    summary = predict.predict_files(predict.load_predictor(out), str(images),
+                                    str(tmp_path / "out"), progress=False)
+    assert summary and (tmp_path / "out" / "a.json").exists()
