@@ -187,6 +187,7 @@ def test_tiny_three_stages_evaluate_export_predict(built_set, tmp_path):
     """`configs/hermoza2020.py:tiny` through cli.train: three stages, the frozen module
     bit-identical, tau annealed to 0.001; the evaluation reports of Mix / Sal / Det with Tables
     2 and 3 (test-tuned), the export and predict of the Mix map."""
+    from absl import flags
     from absl.testing import flagsaver
     from chestxray_tf import export, predict, workdir as workdir_lib
     from chestxray_tf.cli import train as cli_train
@@ -195,11 +196,12 @@ def test_tiny_three_stages_evaluate_export_predict(built_set, tmp_path):
 
     workdir = str(tmp_path / "run")
     with flagsaver.flagsaver():
-        cli_train.FLAGS([
-            "train", "--config=configs/hermoza2020.py:tiny",
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS([
+            "train", f"--config={os.path.join(REPO, 'configs', 'hermoza2020.py')}:tiny",
             f"--config.data.manifest={built_set}", "--config.train.strategy=default",
             "--config.train.num_val_images=8", f"--workdir={workdir}"])
-        cli_train.main(["train"])
+        assert cli_train.main(["train"]) == 0
     folders = [os.path.basename(f) for f in workdir_lib.stage_dirs(workdir)]
     assert folders == ["0_classification", "1_detection", "2_joint"]
 
