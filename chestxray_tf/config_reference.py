@@ -90,7 +90,7 @@ def _table(rows, comments):
     lines = ["| field | default | meaning |", "|---|---|---|"]
     for path, value, none_able in rows:
         meaning = _meaning(path, comments).replace("|", "\\|")
-        default = _value(value) + (" (or None)" if none_able else "")
+        default = _value(value) + (" (or None)" if none_able and value is not None else "")
         lines.append(f"| `{path}` | {default} | {meaning} |")
     return lines
 

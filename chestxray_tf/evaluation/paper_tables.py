@@ -13,7 +13,8 @@ paper's "tables", copied from the paper's text. A table:
      paper's headers), "columns" (canonical class names in the paper's order, "mean" for a Mean
      column), "rows": [{"method", "role": "paper" | "baseline" | "ablation", "group",
      "threshold", "metric" (overrides the table's), "experiment", "values", "std",
-     "paired_values", "note"}]}
+     "paired_values", "note", "origin" (a row not printed in the paper, e.g. "released code":
+     the authors' code re-run, shown beside the paper's rows)}]}
 
 "values" are aligned with "columns"; null is a number the paper does not give.
 """

@@ -88,10 +88,10 @@ def annealed_tau(step, num_steps, start=TAU_START, end=TAU_END):
     return float(start * (end / start) ** fraction)
 
 
-def temperature(stage, step, stage_steps, schedule="stages_2_3"):
-    """The Gumbel temperature at `step` (0-based, counted within the stage) of a training stage.
-
-    Sec. 4.2: "tau is exponentially annealed from 1 to 0.001 on stages 2 of 3". Schedules:
+def annealing_span(stage, stage_steps, schedule="stages_2_3"):
+    """The annealing that gives the temperature of training stage `stage` (Sec. 4.2: "tau is
+    exponentially annealed from 1 to 0.001 on stages 2 of 3"): (offset, total, end) such that
+    tau at step t of the stage is `annealed_tau(offset + t, total, end=end)`. Schedules:
     * "stages_2_3" (default, brief D-tau): one annealing over the steps of stages 2 and 3;
     * "stage2": annealed over stage 2, held at 0.001 in stage 3;
     * "per_stage": restarted from 1 in each of stages 2 and 3;
@@ -100,7 +100,6 @@ def temperature(stage, step, stage_steps, schedule="stages_2_3"):
 
     Args:
         stage: 1, 2 or 3.
-        step: the step within the stage.
         stage_steps: {2: T_2, 3: T_3}, the number of steps of stages 2 and 3.
         schedule: one of TAU_SCHEDULES.
     """
@@ -109,10 +108,26 @@ def temperature(stage, step, stage_steps, schedule="stages_2_3"):
     if stage not in (1, 2, 3):
         raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
     if stage == 1 or schedule == "constant":
-        return TAU_START
+        return 0, 1, TAU_START
     if schedule == "per_stage":
-        return annealed_tau(step, stage_steps[stage])
+        return 0, stage_steps[stage], TAU_END
     if schedule == "stage2":
-        return annealed_tau(step, stage_steps[2]) if stage == 2 else TAU_END
-    offset = 0 if stage == 2 else stage_steps[2]
-    return annealed_tau(offset + step, stage_steps[2] + stage_steps[3])
+        return (0 if stage == 2 else stage_steps[2]), stage_steps[2], TAU_END
+    return (0 if stage == 2 else stage_steps[2]), stage_steps[2] + stage_steps[3], TAU_END
+
+
+def temperature(stage, step, stage_steps, schedule="stages_2_3"):
+    """The Gumbel temperature at `step` (0-based, counted within the stage) of a training stage
+    (`annealing_span`)."""
+    offset, total, end = annealing_span(stage, stage_steps, schedule)
+    return annealed_tau(offset + step, total, end=end)
+
+
+def annealed_tau_in_graph(step, offset, total, end=TAU_END, start=TAU_START):
+    """`annealed_tau(offset + step, total, start, end)` for a step tensor (a stage's
+    optimizer iterations), float32: the in-graph form the training hooks assign."""
+    if int(total) != total or total < 1:
+        raise ValueError(f"total must be a positive integer, got {total!r}")
+    t = tf.cast(step, tf.float64) + float(offset)
+    fraction = tf.constant(1.0, tf.float64) if total == 1 else tf.minimum(t / (total - 1), 1.0)
+    return tf.cast(start * tf.pow(tf.constant(end / start, tf.float64), fraction), tf.float32)

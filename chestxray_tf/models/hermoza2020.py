@@ -28,8 +28,8 @@ from chestxray_tf.models.hermoza2020_layers import (CropBoxes, MinMaxNormalize, 
 from chestxray_tf.models.layers import LSEPooling
 from chestxray_tf.models.proposals import proposal_boxes
 
-__all__ = ["TAPS", "proposal_boxes", "fpn_saliency_head", "build_classification_module",
-           "build_detection_module", "build_hermoza2020"]
+__all__ = ["TAPS", "proposal_boxes", "with_leaky_relu", "fpn_saliency_head",
+           "build_classification_module", "build_detection_module", "build_hermoza2020"]
 
 # DenseNet-121 layers feeding the FPN (Keras names of torchvision's transition1-3.relu and the
 # final relu; authors' classifier.py), from stride 4 to stride 32.
@@ -44,6 +44,26 @@ _BN = {"momentum": 0.9, "epsilon": 1e-5}
 def _he_normal():
     """He normal, fan-in, not truncated (PyTorch `kaiming_normal_`, the authors' head init)."""
     return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+
+
+def with_leaky_relu(model, negative_slope=LEAKY_SLOPE):
+    """A copy of the functional `model` (its weights included) whose ReLU activations are
+    LeakyReLU(`negative_slope`) of the same names (Sec. 4.2: "we replace all ReLU activations
+    by LeakyReLU" [0.1]; applied to the pre-trained DenseNet-121 and ResNet-34, brief erratum 5).
+    """
+    def is_relu(layer):
+        return (isinstance(layer, keras.layers.ReLU) or (
+            isinstance(layer, keras.layers.Activation)
+            and keras.activations.serialize(layer.activation) in ("relu", {"class_name": "relu"})))
+
+    def clone(layer):
+        if is_relu(layer):
+            return keras.layers.LeakyReLU(negative_slope=negative_slope, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _per_class_conv(x, classes, fan_in, depth, name, initializer):
