@@ -95,6 +95,12 @@ def _table(rows, comments):
     return lines
 
 
+def library_tasks():
+    """The names of the registry's tasks defined in this package (not a test's toy task)."""
+    return sorted(name for name, task in tasks_lib.TASKS.items()
+                  if task.__module__.startswith("chestxray_tf."))
+
+
 def config_files():
     """[(file name, first paragraph of its docstring)] of configs/*.py."""
     out = []
@@ -137,7 +143,7 @@ def reference():
     base = defaults.shared_config()
     lines += ["", "## Shared fields (every task)", ""]
     lines += _table(flatten(base), shared)
-    for name in sorted(tasks_lib.TASKS):
+    for name in library_tasks():
         task = tasks_lib.get_task(name)
         own = flatten(task.default_config())
         lines += ["", f"## Task `{name}`", "",
