@@ -72,7 +72,14 @@ def flatten(config, prefix=""):
     return rows
 
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def _value(value):
+    """The default as code; a file of the package is shown relative to it (the reference is
+    the same wherever the package is installed)."""
+    if isinstance(value, str) and value.startswith(PACKAGE_DIR + os.sep):
+        value = "chestxray_tf/" + os.path.relpath(value, PACKAGE_DIR)
     return "`" + repr(value).replace("|", "\\|") + "`"
 
 
