@@ -1,7 +1,8 @@
 """Localization of a split's (image, class) pairs under a paper's `Protocol`.
 
 A pair is a test image with a true box of class k and the model's map of class k. For each
-candidate map threshold of the protocol (`Protocol.candidates`) `outcomes` applies the task's
+candidate map threshold of the protocol (`Protocol.evaluated`: the tuning candidates and the
+fallback region threshold) `outcomes` applies the task's
 region rule (`Task.region_rule`, through `chestxray_tf.inference`, the code the SavedModel
 runs) to every pair: the region masks ("regions") or the boxes around the kept regions
 ("boxes"). `select_thresholds` picks the threshold of every pair (fixed, test-tuned or
@@ -106,8 +107,9 @@ def outcome(pairs, rule, localization_kind):
 
 
 def outcomes(pairs, rule_at, protocol):
-    """{candidate threshold: `Outcome`}; `rule_at(threshold)` is the task's region rule."""
-    return {t: outcome(pairs, rule_at(t), protocol.localization) for t in protocol.candidates}
+    """{threshold: `Outcome`} at every threshold of `protocol.evaluated`; `rule_at(threshold)`
+    is the task's region rule."""
+    return {t: outcome(pairs, rule_at(t), protocol.localization) for t in protocol.evaluated}
 
 
 def _hit(overlap, threshold, inclusive):

@@ -81,6 +81,14 @@ class Protocol:
         return tuple(float(t) for t in self.tune_grid) if self.tuned else (
             float(self.region_threshold),)
 
+    @property
+    def evaluated(self):
+        """The map thresholds whose outcomes are computed: the candidates, and the region
+        threshold a tuned class falls back to where it has no pair to tune on (a patient half
+        of cross-tuning without the class)."""
+        fallback = float(self.region_threshold)
+        return self.candidates + (() if fallback in self.candidates else (fallback,))
+
     @classmethod
     def from_config(cls, eval_config):
         """The protocol of `config.eval` (a run saved before a field existed gets its

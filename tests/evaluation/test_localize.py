@@ -216,6 +216,27 @@ def test_cross_tuned_never_uses_a_pairs_own_half():
                                                                        [False, True] * 2)
 
 
+def test_cross_tuned_class_missing_from_a_half_falls_back_to_the_region_threshold():
+    """A class whose pairs are all in one patient half has nothing to tune on in the other:
+    its pairs get protocol.region_threshold, also when the grid does not hold it (Hermoza's
+    grid 0.60 ... 1.00 with the default 0.5), and are scored there (IoU by the loop
+    reference)."""
+    maps, boxes = tuning_case()
+    patients = ["a", "b", "c", "d"]
+    first = localize.patient_halves(patients)
+    class_ids = [0 if f else 1 for f in first]  # class 0 only in the first half
+    pairs = pairs_of(maps, boxes, class_ids, patients)
+    protocol = Protocol(localization="boxes", iou_thresholds=(0.5,), tune_grid=(0.7, 0.8),
+                        threshold_selection="cross-tuned", average_iou=True)
+    results, selection = run(pairs, protocol, keep="each", max_regions=4)
+    assert np.all(selection.per_pair[0] == 0.5)
+    table = results["average_iou"]["per_class"]
+    for k in (0, 1):
+        members = [i for i in range(4) if class_ids[i] == k]
+        expected = np.mean([ref_best(maps[i], 0.5, boxes[i]) for i in members])
+        assert table[BOXED_CLASSES[k]] == pytest.approx(expected)
+
+
 def test_tuning_per_threshold_gives_one_threshold_per_class_and_T():
     maps, boxes = tuning_case()
     pairs = pairs_of(maps, boxes, [0, 0, 0, 0])
