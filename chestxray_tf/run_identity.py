@@ -25,6 +25,7 @@ FREE_FIELDS = ("name", "eval.*", "data.manifest", "data.num_parallel_calls",
                "train.checkpoint_every_steps", "train.keep_checkpoints",
                "train.log_every_steps", "train.eval_every_steps", "train.num_val_images",
                "train.num_summary_images", "train.progress_bar", "train.jit_compile",
+               "train.steps_per_loop", "data.ship_grey",
                "train.strategy", "train.tpu_address", "stages.*.num_steps")
 
 

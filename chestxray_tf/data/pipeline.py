@@ -8,7 +8,7 @@ step). An element is a flat dict:
 
 | key | shape, dtype | what |
 |---|---|---|
-| `image` | [B, S, S, 3] float32 | the normalised image |
+| `image` | [B, S, S, 3] float32 | the normalised image; with `ship_grey` the grey pixels [B, S, S, 1] in [0, 255]: uint8 (float32 when augmented) |
 | `labels` | [B, K] float32 | multi-hot image labels y_k |
 | `box_mask` | [B, P, P, K] float32 | patch overlaps a box of class k (Li Sec. 3.2); with `grid` |
 | `has_box` | [B, K] float32 | the annotation flag a_k: the image has a box of class k |
@@ -103,15 +103,32 @@ def preprocess_image(grey_uint8, image_size, normalization="minus_one_one"):
     return normalize(resize(grey_uint8, image_size), normalization)
 
 
-def _batch_targets(normalization, grid):
+def to_uint8(images):
+    """Pixels in [0, 255] -> uint8, rounded to the nearest grey level (a resized image's are
+    fractional: at most half a level, 1/255 in [-1, 1] units, from the float path)."""
+    if images.dtype == tf.uint8:
+        return images
+    return tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
+
+
+def _batch_targets(normalization, grid, grey_dtype=None):
     """The batch-level normalisation and box targets, compiled with XLA into one fused pass.
 
     Fusing the cast, scale and 3-channel broadcast halves the cost of the memory-bound
-    normalisation (the largest cost of the pipeline after PNG decoding).
+    normalisation (the largest cost of the pipeline after PNG decoding). With `grey_dtype`
+    the grey pixels are shipped instead, for the training step to normalise on the device
+    (`normalize`): uint8 is a twelfth of the bytes of float32 [S, S, 3] (float32 grey, for
+    an augmentation's fractional pixels, a third).
     """
     @tf.function(jit_compile=True)
     def finish(images, boxes, box_labels):
-        out = {"image": normalize(images, normalization),
+        if grey_dtype is None:
+            shipped = normalize(images, normalization)
+        elif grey_dtype == tf.uint8:
+            shipped = to_uint8(images)
+        else:
+            shipped = tf.cast(images, grey_dtype)
+        out = {"image": shipped,
                "has_box": targets.has_box(boxes, box_labels, labels_lib.NUM_CLASSES)}
         if grid is not None:
             out["box_mask"] = targets.box_to_patch_mask(boxes, box_labels, grid,
@@ -182,7 +199,7 @@ def make_dataset(manifest_path, image_ids=None, *, image_size, batch_size, train
                  normalization="minus_one_one", max_boxes=8, augment=None, seed=0,
                  shuffle_buffer=512, num_parallel_calls=4, interleave_cycle=4,
                  input_context=None, drop_remainder=None, repeat=False, skip_batches=0,
-                 deterministic=True, skip_corrupt=False):
+                 deterministic=True, skip_corrupt=False, ship_grey=False):
     """The training or evaluation `tf.data.Dataset` of a built set (elements: see module doc).
 
     Args:
@@ -217,6 +234,9 @@ def make_dataset(manifest_path, image_ids=None, *, image_size, batch_size, train
             lets the parallel steps after decoding emit out of order.
         skip_corrupt: log, count and skip the unreadable rest of a shard that ends early and
             each record that does not decode, instead of failing (see `records`).
+        ship_grey: ship the grey pixels [B, S, S, 1] (uint8, rounded after a resize; float32
+            with `augment`) instead of normalised float32 [B, S, S, 3] images, for the
+            consumer to `normalize` on its device (the trainer's step does).
 
     Raises:
         ValueError: bad arguments, unknown ids, fewer shards than input pipelines.
@@ -271,7 +291,8 @@ def make_dataset(manifest_path, image_ids=None, *, image_size, batch_size, train
     ds = ds.map(lambda element: _with_padded_boxes(element, max_boxes),
                 num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate(start=skip_batches)
-    finish = _batch_targets(normalization, grid)
+    grey_dtype = None if not ship_grey else (tf.uint8 if augment is None else tf.float32)
+    finish = _batch_targets(normalization, grid, grey_dtype)
     ds = ds.map(lambda index, batch: _finish_batch(index, batch, finish, augment, seed),
                 num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -85,12 +85,13 @@ def select(data_config, protocol=None):
 
 
 def dataset(data_config, image_ids, *, training, batch_size, seed=0, input_context=None,
-            skip_batches=0, **targets):
+            skip_batches=0, ship_grey=False, **targets):
     """`pipeline.make_dataset` with the settings of `data_config`; `targets` are a task's
     (`Task.targets()`, e.g. grid=P for the box masks).
 
     Training datasets repeat forever in an order fixed by `seed`; `skip_batches` drops the
-    first batches of that order before they are decoded (resuming mid-epoch).
+    first batches of that order before they are decoded (resuming mid-epoch). `ship_grey`
+    ships grey pixels for the consumer to normalise (`pipeline.make_dataset`).
     """
     return pipeline.make_dataset(
         data_config.manifest, image_ids, image_size=data_config.image_size,
@@ -101,4 +102,4 @@ def dataset(data_config, image_ids, *, training, batch_size, seed=0, input_conte
         num_parallel_calls=data_config.num_parallel_calls,
         interleave_cycle=data_config.cycle_length, input_context=input_context,
         skip_corrupt=data_config.skip_corrupt, repeat=training, skip_batches=skip_batches,
-        **targets)
+        ship_grey=ship_grey, **targets)

@@ -200,6 +200,8 @@ class Task:
         uses_boxes: whether training reads boxes (a study names the boxes a method never sees).
         input_stride: the backbone's total stride; an image size that is not a multiple of it
             loses its last rows and columns (training warns). 0: no such constraint.
+        jit_compile_on_gpu: whether `train.jit_compile=None` XLA-compiles the training step on
+            GPUs (each task's choice and its grounds: docs/benchmarks.md, "XLA").
     """
     name = ""
     published = ""
@@ -208,6 +210,7 @@ class Task:
     map_key = ""
     uses_boxes = False
     input_stride = 32
+    jit_compile_on_gpu = False
 
     @classmethod
     def default_config(cls):

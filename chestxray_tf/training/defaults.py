@@ -12,6 +12,7 @@ another paper's builder: `--config.model.fpn_channels=...` on Li's config is an 
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from chestxray_tf import tasks as tasks_lib
 from chestxray_tf.evaluation import protocol
@@ -48,9 +49,13 @@ def shared_config():
     config.data.shuffle_buffer = 512             # examples in the shuffle buffer
     config.data.skip_corrupt = False             # True: count and log corrupt records, go on
     config.data.augment = ""                     # "" (none) or "hermoza"
+    config.data.ship_grey = True                 # training input: grey uint8 [S, S, 1] pixels
+                                                 # normalised on the device (False: float32
+                                                 # [S, S, 3] from the host)
 
     config.train = ml_collections.ConfigDict()
-    config.train.strategy = "auto"               # auto | default | mirrored | multi_worker | tpu
+    config.train.strategy = "auto"               # auto | default | one_device | mirrored |
+                                                 # multi_worker | tpu
     config.train.tpu_address = ""                # strategy=tpu: the TPU ("" = local / default)
     config.train.batch_size = 5                  # per replica; global = 5 x replicas
     config.train.num_steps = 500_000             # "500k iterations of minibatch"
@@ -71,7 +76,12 @@ def shared_config():
     config.train.select_by = "val_auc"           # best checkpoint: val_auc | val_loss
     config.train.weight_decay = 0.0              # adamw: decoupled; adam_l2: coupled
     config.train.momentum = 0.9                  # sgd only
-    config.train.jit_compile = False             # XLA-compile the train step
+    config.train.jit_compile = config_dict.placeholder(bool)  # XLA-compile the train step;
+                                                 # None: on GPUs where the task's measured
+                                                 # choice says so (Task.jit_compile_on_gpu),
+                                                 # off on CPUs
+    config.train.steps_per_loop = 10             # train steps per tf.function call (logs read
+                                                 # only at log steps; events end a loop early)
     config.train.sync_batch_norm = False         # True: batch statistics over all replicas
                                                  # (Li et al. trained 5 GPUs asynchronously,
                                                  # each with its own batch of 5)

@@ -6,15 +6,17 @@ One training loop serves every strategy (a custom loop around `strategy.run`): K
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
 def get_strategy(name="auto", tpu_address=""):
     """Returns the strategy called `name`.
 
-    * `auto`: `MirroredStrategy` over all GPUs when more than one is visible, else the default
-      strategy (one device: the GPU if there is one, else the CPU).
+    * `auto`: `MirroredStrategy` over all GPUs when more than one is visible, `OneDeviceStrategy`
+      on the GPU when there is one (its input is prefetched to the GPU), else the default
+      strategy (the CPU).
     * `default`: the default (no-op) strategy.
+    * `one_device`: `OneDeviceStrategy` on the first GPU (the CPU when there is none).
     * `mirrored`: `MirroredStrategy` over every local GPU (over the logical CPUs when there are
       none, which is how the tests run it).
     * `multi_worker`: `MultiWorkerMirroredStrategy`; the cluster comes from `TF_CONFIG`.
@@ -22,12 +24,15 @@ def get_strategy(name="auto", tpu_address=""):
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
-        name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
+        name = {0: "default", 1: "one_device"}.get(len(gpus), "mirrored")
     if name == "default":
         return tf.distribute.get_strategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0].name)
     if name == "mirrored":
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+        devices = [d.name for d in gpus] or [
             d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":

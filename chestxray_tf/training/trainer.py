@@ -39,7 +39,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from chestxray_tf import fileio, run_identity, tasks as tasks_lib, workdir as workdir_lib
-from chestxray_tf.data import manifest as manifest_lib, selection
+from chestxray_tf.data import manifest as manifest_lib, pipeline, selection
 from chestxray_tf.metrics import auc as auc_lib
 from chestxray_tf.models.layers import synchronize_batch_norm
 from chestxray_tf.tasks.base import DataStats, StageContext, select_trainable
@@ -149,8 +149,10 @@ class Run:
         for index, stage in enumerate(self.stages):
             if stage.kind == "gradient":
                 batch = stage.train.batch_size * self.strategy.num_replicas_in_sync
+                xla = resolve_jit_compile(stage.train.jit_compile, self.task)
                 what = (f"{stage.train.num_steps} steps of {batch} images "
                         f"(~{stage.train.num_steps * batch / len(self.split.train):.1f} epochs), "
+                        f"{stage.train.steps_per_loop} per call, XLA {'on' if xla else 'off'}, "
                         f"training {', '.join(stage.trainable)}")
             else:
                 what = "computed with the weights fixed"
@@ -260,7 +262,8 @@ class Interrupted(RuntimeError):
 def check_train_config(train, stage):
     """Refuses out-of-range train settings before any work (a zero cadence would divide by
     zero after the first step)."""
-    positive = ("batch_size", "checkpoint_every_steps", "log_every_steps", "keep_checkpoints")
+    positive = ("batch_size", "checkpoint_every_steps", "log_every_steps", "keep_checkpoints",
+                "steps_per_loop")
     bad = [f"{k}={train[k]!r}" for k in positive if not (isinstance(train[k], int) and train[k] > 0)]
     bad += [f"{k}={train[k]!r}" for k in ("num_steps", "eval_every_steps", "steps_per_epoch",
                                           "num_val_images")
@@ -296,20 +299,75 @@ class _Signals:
         return False
 
 
+def resolve_jit_compile(setting, task):
+    """`train.jit_compile`: True / False as set; None: the task's `jit_compile_on_gpu` when a
+    GPU is visible, else off (XLA:CPU is slower than oneDNN here: docs/benchmarks.md)."""
+    if setting is not None:
+        return bool(setting)
+    return bool(task.jit_compile_on_gpu and tf.config.list_logical_devices("GPU"))
+
+
 def make_train_step(model, optimizer, loss_fn, strategy, global_batch, *, jit_compile=False,
-                    hooks=()):
+                    hooks=(), normalization=None):
     """The training step: `train_step(iterator)` -> (logs summed over replicas, records
     skipped before this step's examples), a `tf.function` around `strategy.run`.
 
     The per-example loss of `loss_fn(batch, outputs)` is averaged over the global batch and
     the model's L2 penalties are scaled by the number of replicas; only
-    `model.trainable_variables` (as they are now) are updated; `hooks` run first.
+    `model.trainable_variables` (as they are now) are updated; `hooks` run first. With
+    `normalization`, the batch's images are grey pixels (`pipeline.make_dataset(ship_grey=
+    True)`) normalised on the device, inside the (XLA-compiled) replica step.
     """
+    step = _step_fn(model, optimizer, loss_fn, strategy, global_batch, jit_compile=jit_compile,
+                    hooks=hooks, normalization=normalization)
+    return tf.function(step)
+
+
+def make_train_loop(model, optimizer, loss_fn, strategy, global_batch, *, jit_compile=False,
+                    hooks=(), normalization=None):
+    """Several training steps in one call (as TF Model Garden's Orbit loops do):
+    `train_loop(iterator, num_steps)` -> (logs summed over the steps run, records skipped,
+    steps run, every loss finite), a `tf.function` whose `num_steps` (a scalar tensor) need not
+    be fixed. It stops after the first step with a non-finite log value; nothing is read back
+    to the host in between. Each step is `make_train_step`'s.
+    """
+    step = _step_fn(model, optimizer, loss_fn, strategy, global_batch, jit_compile=jit_compile,
+                    hooks=hooks, normalization=normalization)
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+        logs, skipped = step(iterator)
+        finite = _all_finite(logs)
+
+        def body(done, sums, skipped, finite):
+            logs, skipped_now = step(iterator)
+            return (done + 1, {k: sums[k] + v for k, v in logs.items()},
+                    skipped + skipped_now, finite & _all_finite(logs))
+
+        done, logs, skipped, finite = tf.while_loop(
+            lambda done, sums, skipped, finite: (done < num_steps) & finite, body,
+            (tf.constant(1, tf.int64), logs, skipped, finite),
+            parallel_iterations=1)  # a step reads the weights the previous one wrote
+        return logs, skipped, done, finite
+
+    return train_loop
+
+
+def _all_finite(logs):
+    return tf.reduce_all([tf.math.is_finite(v) for v in logs.values()])
+
+
+def _step_fn(model, optimizer, loss_fn, strategy, global_batch, *, jit_compile, hooks,
+             normalization):
+    """One training step (not yet a `tf.function`): see `make_train_step`."""
     variables = model.trainable_variables
 
     def replica_step(batch):
+        images = batch["image"]
+        if normalization is not None:
+            images = pipeline.normalize(images, normalization)
         with tf.GradientTape() as tape:
-            outputs = model(batch["image"], training=True)
+            outputs = model(images, training=True)
             per_example, terms = loss_fn(batch, outputs)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             regularization = (tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -325,13 +383,12 @@ def make_train_step(model, optimizer, loss_fn, strategy, global_batch, *, jit_co
     if jit_compile:
         replica_step = tf.function(replica_step, jit_compile=True)
 
-    @tf.function
     def train_step(iterator):
         for hook in hooks:
             hook(model, optimizer.iterations)
         batch = next(iterator)
         skipped = strategy.reduce("SUM", batch.pop("skipped_records"), axis=0)
-        batch.pop("image_id")  # strings stay out of the step: XLA takes no string arguments
+        batch.pop("image_id", None)  # strings stay out of the step: XLA takes no string arguments
         logs = strategy.run(replica_step, args=(batch,))
         return {k: strategy.reduce("SUM", v, axis=None) for k, v in logs.items()}, skipped
 
@@ -375,7 +432,7 @@ class StageTrainer:
             max_to_keep=self.config.keep_checkpoints)
         self.writer = (tf.summary.create_file_writer(os.path.join(folder, "logs"))
                        if self.chief else tf.summary.create_noop_writer())
-        self._train_step = self._make_train_step()
+        self._train_loop = self._make_train_loop()
         self._predict = tf.function(lambda images: self.model(images, training=False))
         self._val_loss = tf.function(self._val_loss_batch)
         self.summary = {}
@@ -385,10 +442,13 @@ class StageTrainer:
     def _dataset_fn(self, epoch, skip_batches):
         """The training input of `epoch` (from batch `skip_batches`) for one input context."""
         def dataset_fn(input_context):
-            return self.run_.dataset(self.run_.split.train, training=True,
-                                     batch_size=self.global_batch, input_context=input_context,
-                                     seed=self.run_.config.seed + epoch,
-                                     skip_batches=skip_batches)
+            dataset = self.run_.dataset(self.run_.split.train, training=True,
+                                        batch_size=self.global_batch, input_context=input_context,
+                                        seed=self.run_.config.seed + epoch,
+                                        skip_batches=skip_batches,
+                                        ship_grey=self.run_.config.data.ship_grey)
+            # Strings stay on the host: the rest is prefetched to the replicas' devices.
+            return dataset.map(lambda batch: {k: v for k, v in batch.items() if k != "image_id"})
         return dataset_fn
 
     def _iterator(self, epoch, skip_batches):
@@ -397,10 +457,14 @@ class StageTrainer:
 
     # ------------------------------------------------------------------ step
 
-    def _make_train_step(self):
-        return make_train_step(self.model, self.optimizer, self.stage.loss, self.strategy,
-                               self.global_batch, jit_compile=self.config.jit_compile,
-                               hooks=self.stage.hooks)
+    def _make_train_loop(self):
+        data = self.run_.config.data
+        return make_train_loop(self.model, self.optimizer, self.stage.loss, self.strategy,
+                               self.global_batch,
+                               jit_compile=resolve_jit_compile(self.config.jit_compile,
+                                                               self.run_.task),
+                               hooks=self.stage.hooks,
+                               normalization=data.normalization if data.ship_grey else None)
 
     # ------------------------------------------------------------------ validation
 
@@ -494,38 +558,53 @@ class StageTrainer:
                         "trainable": self.trainable}
         return last
 
+    def _loop_length(self, step, end):
+        """Steps of the next `train_loop` call from `step`: at most `steps_per_loop`, and
+        ending at the next log, validation or checkpoint step or at `end` (the epoch's or the
+        stage's), so that every host-side event falls on a loop boundary."""
+        config = self.config
+        events = [end, step + config.steps_per_loop]
+        for every in (config.log_every_steps, config.eval_every_steps,
+                      config.checkpoint_every_steps):
+            if every:
+                events.append((step // every + 1) * every)
+        return min(events) - step
+
     def _epoch(self, step, last, stopped, bar, signals):
-        """Trains from `step` to the end of its epoch (or the stage); returns (step, last
-        logs, stopped by the plateau rule)."""
+        """Trains from `step` to the end of its epoch (or the stage), `steps_per_loop` steps
+        per call; returns (step, last logs, stopped by the plateau rule). The logs are summed
+        on the device and read at each log step; NaN checks, validation and checkpoints fall
+        on loop boundaries."""
         config = self.config
         sums, count, tick = {}, 0, time.time()
         epoch, skip = divmod(step, self.steps_per_epoch)
         iterator = self._iterator(epoch, skip)
         end = min((epoch + 1) * self.steps_per_epoch, config.num_steps)
-        skipped = 0
+        skipped = tf.constant(0, tf.int64)
         while step < end and not stopped:
             if signals.received:
                 path = self.manager.save(checkpoint_number=step)
                 self.writer.flush()
                 bar.close()
                 raise Interrupted(signals.received, path)
-            logs, skipped_now = self._train_step(iterator)
-            logs = {k: float(v) for k, v in logs.items()}
-            skipped += int(skipped_now)
-            step += 1
-            if not all(math.isfinite(v) for v in logs.values()):
+            length = self._loop_length(step, end)
+            logs, skipped_now, done, finite = self._train_loop(
+                iterator, tf.constant(length, tf.int64))
+            if not bool(finite):
                 bar.close()
                 raise TrainingDivergedError(
-                    f"non-finite loss at step {step} of stage {self.stage.name} ({logs}); "
-                    f"training stopped, the last good checkpoint is "
+                    f"non-finite loss at step {step + int(done)} of stage {self.stage.name} "
+                    f"({ {k: float(v) for k, v in logs.items()} } summed over steps {step + 1}-"
+                    f"{step + int(done)}); training stopped, the last good checkpoint is "
                     f"{self.manager.latest_checkpoint}")
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            bar.update(1)
+            step += length
+            sums = logs if not sums else {k: sums[k] + v for k, v in logs.items()}
+            skipped += skipped_now
+            count += length
+            bar.update(length)
             if step % config.log_every_steps == 0 or step == end:
                 elapsed = max(time.time() - tick, 1e-9)
-                last = {k: v / count for k, v in sums.items()}
+                last = {k: float(v) / count for k, v in sums.items()}
                 last["images_per_second"] = count * self.global_batch / elapsed
                 last["learning_rate"] = _learning_rate(self.optimizer)
                 self._write_scalars(step, last)
@@ -541,7 +620,7 @@ class StageTrainer:
             elif step % config.checkpoint_every_steps == 0:
                 self.manager.save(checkpoint_number=step)
         if self.run_.config.data.skip_corrupt:
-            self._report_skips(epoch, skip, step, skipped)
+            self._report_skips(epoch, skip, step, int(skipped))
         if not config.eval_every_steps and not stopped:
             stopped = self._validate_and_save(step)
         return step, last, stopped

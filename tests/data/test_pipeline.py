@@ -352,3 +352,35 @@ def test_repeat_reads_the_shards_endlessly(built):
     seen = [e["image_id"] for e in _elements(ds.take(3 * manifest["num_images"] // 4))]
     assert len(seen) > 2 * manifest["num_images"]
     assert set(seen) == set(manifest_lib.read_metadata(built)["image_id"].str.encode("utf-8"))
+
+
+@pytest.mark.parametrize("normalization", pipeline.NORMALIZATIONS)
+def test_grey_uint8_normalised_on_device_equals_the_float_path(built, normalization):
+    """`ship_grey`: uint8 [B, S, S, 1] that `normalize` turns into the float path's images,
+    at the stored size (to an ulp: XLA fuses the pipeline's scale and shift into one
+    multiply-add), within half a grey level after a resize (rounded), and with an augmentation
+    (shipped as float32 grey); the other keys are the same."""
+    def both(**kwargs):
+        args = dict(dict(image_size=SIZE, grid=GRID, batch_size=4, training=True, repeat=True,
+                         seed=1, normalization=normalization), **kwargs)
+        floats = next(iter(pipeline.make_dataset(built, **args)))
+        grey = next(iter(pipeline.make_dataset(built, ship_grey=True, **args)))
+        return floats, grey
+
+    floats, grey = both()
+    assert grey["image"].dtype == tf.uint8 and grey["image"].shape == (4, SIZE, SIZE, 1)
+    np.testing.assert_allclose(pipeline.normalize(grey["image"], normalization),
+                               floats["image"], rtol=0, atol=2.5e-7)
+    for key in ("labels", "box_mask", "has_box", "boxes", "box_labels", "image_id"):
+        np.testing.assert_array_equal(grey[key], floats[key])
+
+    floats, grey = both(image_size=40, grid=5)  # area resize: fractional pixels
+    assert grey["image"].dtype == tf.uint8
+    half_level = 0.5 / (127.5 if normalization == "minus_one_one" else 255.0 * 0.224)
+    error = np.abs(pipeline.normalize(grey["image"], normalization) - floats["image"])
+    assert 0 < error.max() <= half_level * 1.0001
+
+    floats, grey = both(augment="hermoza")
+    assert grey["image"].dtype == tf.float32 and grey["image"].shape[-1] == 1
+    np.testing.assert_allclose(pipeline.normalize(grey["image"], normalization),
+                               floats["image"], atol=1e-6)

@@ -74,30 +74,77 @@ def test_resume_continues_from_the_saved_step_in_the_same_data_order(built_set, 
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(built_set, tmp_path, monkeypatch):
-    poison = tf.Variable(1.0)
+@pytest.mark.parametrize("steps_per_loop", [1, 4])
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(built_set, tmp_path, monkeypatch,
+                                                           steps_per_loop):
+    """The loss turns NaN at step 8 (in the graph, mid-loop with 4 steps per call): the run
+    stops naming step 8, and the last checkpoint (step 5) is the last good one."""
+    calls = tf.Variable(0, dtype=tf.int64)
     loss_fn = Li2018.loss
 
     def poisoned_loss(self, batch, outputs):
         loss, terms = loss_fn(self, batch, outputs)
-        return loss * poison, terms
+        calls.assign_add(1)
+        return loss * tf.where(calls >= 8, float("nan"), 1.0), terms
 
     monkeypatch.setattr(Li2018, "loss", poisoned_loss)
-    config = tiny_config(built_set, num_steps=20, checkpoint_every_steps=5, num_val_images=0)
+    config = tiny_config(built_set, num_steps=20, checkpoint_every_steps=5, num_val_images=0,
+                         log_every_steps=10, steps_per_loop=steps_per_loop)
     run = trainer.stage_trainer(config, str(tmp_path))
-    step_fn = run._train_step
-
-    def step(iterator):
-        if int(run.optimizer.iterations.numpy()) == 7:
-            poison.assign(float("nan"))
-        return step_fn(iterator)
-
-    run._train_step = step
-    with pytest.raises(trainer.TrainingDivergedError, match="step 8.*ckpt-5"):
+    with pytest.raises(trainer.TrainingDivergedError, match="step 8 .*ckpt-5"):
         run.run()
+    assert int(calls.numpy()) == 8  # the loop stopped at the first non-finite step
     assert tf.train.latest_checkpoint(str(tmp_path / "stages" / "0_train" / "checkpoints")).endswith("ckpt-5")
     monkeypatch.undo()
     assert all(np.isfinite(w).all() for w in _weights(str(tmp_path)))
+
+
+def test_steps_per_loop_gives_the_same_weights_and_resumes_exactly(built_set, tmp_path):
+    """4 steps per call (loops cut at the log, checkpoint and epoch steps; under
+    `OneDeviceStrategy`, whose input is prefetched to its device) train the same weights as 1
+    step per call (the default strategy), on the same data in the same order; interrupted at step 6 and
+    resumed, the same again. To float32 rounding: the graph of a loop is optimised differently
+    from a single step's (1e-7 after the first epoch), so the test trains with a small SGD
+    step (lr 1e-4), where rounding is not amplified: on this tiny model, SGD at lr 0.01
+    multiplied a 1e-7 difference by 40-100 per step, and Adam's m / sqrt(v) turns the
+    rounding of a near-zero gradient into a whole step. The loss logs are the same means."""
+    def config(num_steps, steps_per_loop):
+        return tiny_config(built_set, num_steps=num_steps, steps_per_epoch=5,
+                           strategy="default" if steps_per_loop == 1 else "one_device",
+                           checkpoint_every_steps=3, log_every_steps=6, num_val_images=0,
+                           steps_per_loop=steps_per_loop, optimizer="sgd", momentum=0.0,
+                           learning_rate=1e-4)
+
+    initial = trainer.stage_trainer(config(12, 1), str(tmp_path / "initial")).model.get_weights()
+    one = trainer.train(config(12, 1), str(tmp_path / "one"))
+    four = trainer.train(config(12, 4), str(tmp_path / "four"))
+    trainer.train(config(6, 4), str(tmp_path / "resumed"))
+    resumed = trainer.stage_trainer(config(12, 4), str(tmp_path / "resumed"))
+    assert resumed.manager.latest_checkpoint.endswith("ckpt-6")
+    resumed.run()
+    np.testing.assert_allclose(one["loss"], four["loss"], rtol=1e-5)
+    for a, b, c in zip(_weights(str(tmp_path / "one")), _weights(str(tmp_path / "four")),
+                       _weights(str(tmp_path / "resumed"))):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-6)
+    assert max(float(np.max(np.abs(w - w0))) for w, w0 in zip(
+        _weights(str(tmp_path / "one")), initial)) > 1e-4  # the weights moved
+    checkpoints = sorted(int(p.rsplit("-", 1)[1].split(".")[0]) for p in glob.glob(
+        str(tmp_path / "four" / "stages" / "0_train" / "checkpoints" / "ckpt-*.index")))
+    assert checkpoints[-3:] == [9, 10, 12]  # every 3 steps and at each epoch's end (5, 10)
+
+
+def test_loop_length_ends_at_every_event():
+    """From step s, a loop ends at the next log / validation / checkpoint step or `end`."""
+    class Config:
+        steps_per_loop, log_every_steps, eval_every_steps, checkpoint_every_steps = 10, 6, 0, 4
+
+    loop = trainer.StageTrainer._loop_length
+    fake = type("T", (), {"config": Config})()
+    assert [loop(fake, s, 30) for s in (0, 4, 6, 8, 12, 28)] == [4, 2, 2, 4, 4, 2]
+    Config.eval_every_steps, Config.checkpoint_every_steps = 7, 100
+    assert [loop(fake, s, 30) for s in (0, 6, 7, 12)] == [6, 1, 5, 2]
+    assert loop(fake, 25, 27) == 2
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""
@@ -121,8 +168,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         if weights is not None:
             run.model.set_weights(weights)
         before = run.model.get_weights()
-        logs, skipped = run._train_step(run._iterator(0, 0))
-        assert int(skipped) == 0
+        logs, skipped, steps, finite = run._train_loop(run._iterator(0, 0),
+                                                       tf.constant(1, tf.int64))
+        assert int(skipped) == 0 and int(steps) == 1 and bool(finite)
         return before, {k: float(v) for k, v in logs.items()}, run.model.get_weights()
 
     before, single, after_single = one_step("default", sys.argv[3] + "/single")
