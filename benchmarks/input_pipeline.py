@@ -11,7 +11,8 @@ In one run, on the same synthetic shards:
    time of all processes / (wall time x cores);
 3. per encoding, measures images/s of decode-only (read + parse + decode to uint8: the upper
    bound) and of the full training pipeline (`pipeline.make_dataset`, training=True, box masks
-   on a `grid` x `grid` patch grid), the ratio pipeline / decode-only and images/s per core.
+   on a `grid` x `grid` patch grid), the ratio pipeline / decode-only and images/s per core,
+   for float32 [S, S, 3] images and for the trainer's uint8 grey images (`ship_grey`).
    Each rate is the best of `--repeats` timed windows of `--seconds` after a warm-up (the
    machine may be shared with other jobs).
 
@@ -27,13 +28,12 @@ import resource
 import time
 
 from absl import app, flags
-import tensorflow as tf
 
 from chestxray_tf.data import build
 from chestxray_tf.data import example
 from chestxray_tf.data import manifest as manifest_lib
-from chestxray_tf.data import pipeline
 from chestxray_tf.data import synthetic
+from benchmarks import rates
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/chestxray_tf_bench_input", "Scratch folder.")
 _NUM_PATIENTS = flags.DEFINE_integer("num_patients", 100, "Synthetic patients (~3 images each).")
@@ -45,40 +45,6 @@ _NUM_PARALLEL_CALLS = flags.DEFINE_integer("num_parallel_calls", 4,
                                            "Map and interleave parallelism.")
 _SECONDS = flags.DEFINE_float("seconds", 8.0, "Length of one timed window.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed windows per rate (the best is kept).")
-
-
-def images_per_second(dataset, batch_size):
-    """Best images/s over the timed windows of an endless dataset of full batches."""
-    iterator = iter(dataset)
-    for _ in range(5):  # warm-up: threads started, shards in the page cache
-        next(iterator)
-    best = 0.0
-    for _ in range(_REPEATS.value):
-        batches, start = 0, time.perf_counter()
-        while time.perf_counter() - start < _SECONDS.value:
-            next(iterator)
-            batches += 1
-        best = max(best, batches * batch_size / (time.perf_counter() - start))
-    return best
-
-
-def decode_only(manifest_path, batch_size, parallel):
-    """Read + parse + decode to uint8 [S, S, 1], batched: the bound for the full pipeline."""
-    manifest = manifest_lib.read_manifest(manifest_path)
-    files = tf.data.Dataset.from_tensor_slices(manifest["shard_paths"])
-    records = files.interleave(tf.data.TFRecordDataset, cycle_length=parallel,
-                               num_parallel_calls=parallel, deterministic=False)
-    images = records.map(
-        lambda r: example.decode_image(example.parse(r), manifest["encoding"],
-                                       manifest["image_size"]),
-        num_parallel_calls=parallel, deterministic=False)
-    return images.repeat().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-
-
-def training_pipeline(manifest_path, batch_size, parallel):
-    return pipeline.make_dataset(
-        manifest_path, image_size=_IMAGE_SIZE.value, grid=_GRID.value, batch_size=batch_size,
-        training=True, num_parallel_calls=parallel, repeat=True)
 
 
 def _timed_build(source, output_dir, encoding, num_workers):
@@ -116,8 +82,11 @@ def measure(source, encoding, cores):
     manifest, wall, cpu = _timed_build(source, out, encoding, num_workers=cores)
     n = manifest["num_images"]
     batch, parallel = _BATCH_SIZE.value, _NUM_PARALLEL_CALLS.value
-    decode = images_per_second(decode_only(out, batch, parallel), batch)
-    full = images_per_second(training_pipeline(out, batch, parallel), batch)
+    window = dict(seconds=_SECONDS.value, repeats=_REPEATS.value)
+    decode = rates.images_per_second(rates.decode_only(out, batch, parallel), batch, **window)
+    full, grey = (rates.images_per_second(rates.training_pipeline(
+        out, batch, parallel, image_size=_IMAGE_SIZE.value, grid=_GRID.value,
+        ship_grey=ship_grey), batch, **window) for ship_grey in (False, True))
     return {
         "images": n, "build_ms_per_image_1_process": 1000 * one_wall / n,
         "build_ms_per_image": 1000 * wall / n, "build_speedup": one_wall / wall,
@@ -125,7 +94,8 @@ def measure(source, encoding, cores):
         "shard_mb": sum(os.path.getsize(p) for p in manifest_lib.read_manifest(out)[
             "shard_paths"]) / 2**20,
         "decode_only_images_per_s": decode, "pipeline_images_per_s": full,
-        "ratio": full / decode, "pipeline_images_per_s_per_core": full / cores}
+        "ratio": full / decode, "pipeline_images_per_s_per_core": full / cores,
+        "grey_pipeline_images_per_s": grey, "grey_ratio": grey / decode}
 
 
 def main(argv):
@@ -149,15 +119,16 @@ def main(argv):
           f"grid {_GRID.value}; spawning {cores} build workers takes {startup:.1f} s\n")
     print(f"| encoding | images | build ms/img, 1 process | build ms/img, {cores} processes | "
           "speed-up | core use | shards MB | decode-only img/s | pipeline img/s | ratio | "
-          "pipeline img/s/core |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "pipeline img/s/core | uint8 grey pipeline img/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for encoding, r in results["encodings"].items():
         print(f"| {encoding} | {r['images']} | {r['build_ms_per_image_1_process']:.1f} | "
               f"{r['build_ms_per_image']:.1f} | {r['build_speedup']:.2f} | "
               f"{r['build_core_use']:.0%} | "
               f"{r['shard_mb']:.0f} | {r['decode_only_images_per_s']:.0f} | "
               f"{r['pipeline_images_per_s']:.0f} | {r['ratio']:.2f} | "
-              f"{r['pipeline_images_per_s_per_core']:.0f} |")
+              f"{r['pipeline_images_per_s_per_core']:.0f} | "
+              f"{r['grey_pipeline_images_per_s']:.0f} | {r['grey_ratio']:.2f} |")
     with open(os.path.join(_WORKDIR.value, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
 
