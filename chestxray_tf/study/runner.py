@@ -1,7 +1,7 @@
 """Runs a study: trains and evaluates every run of its plan, resumably (issue #20).
 
 A run whose study evaluation is done (RUN/eval/study/done.json, written last and atomically,
-naming the checkpoint it evaluated and the protocols) is skipped; any other run goes through
+naming the checkpoint it evaluated, relative to the run, and the protocols) is skipped; any other run goes through
 `trainer.train`, which skips its finished stages and resumes an interrupted one, and is then
 evaluated under the study's protocols from one pass of its model
 (`evaluation.evaluate.evaluate_protocols`). The study's settings that define its runs and
@@ -43,7 +43,8 @@ def is_finished(run_dir, protocols):
     """True when the run was evaluated under `protocols` from its final checkpoint."""
     marker = read_marker(run_dir)
     return (marker is not None and marker.get("protocols") == report.jsonable(protocols)
-            and marker.get("checkpoint") == workdir_lib.resolve(run_dir, "latest"))
+            and marker.get("checkpoint") == os.path.relpath(
+                workdir_lib.resolve(run_dir, "latest"), run_dir))
 
 
 def study_identity(config, manifest):
@@ -90,7 +91,7 @@ def evaluate_run(study, run, study_dir, *, progress=True):
                           for variant, paths in variants.items()}
                    for name, variants in written.items()}
         fileio.atomic_write_json(marker_path(run_dir), {
-            "run": run.id, "checkpoint": checkpoint, "protocols": report.jsonable(protocols),
+            "run": run.id, "checkpoint": os.path.relpath(checkpoint, run_dir), "protocols": report.jsonable(protocols),
             "reports": reports})
 
 
