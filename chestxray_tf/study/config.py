@@ -9,6 +9,8 @@ import ml_collections
 
 from chestxray_tf.evaluation import protocol
 
+SWEEP_METRICS = ("auc", "iou>0.1", "iou>0.5", "ior>0.1", "box_iou>0.3", "average_iou")
+
 
 def study_config():
     """The study's fields with their defaults: Li et al.'s protocol, fold 0, 80% annotated +
@@ -35,8 +37,7 @@ def study_config():
     config.study.unannotated_sweep_annotated = 0.8  # Fig. 6: annotated fraction of that sweep
     config.study.max_steps = 0                   # > 0: caps train.num_steps and every stage's
                                                  # num_steps (a quick study); 0: the papers'
-    config.study.sweep_metrics = ("auc", "iou>0.1", "iou>0.5", "ior>0.1", "box_iou>0.3",
-                                  "average_iou")  # one sweep plot each (columns of study.json)
+    config.study.sweep_metrics = SWEEP_METRICS   # one sweep plot each (study.json's columns)
     config.study.heatmap_metrics = ("auc", "iou>0.1")  # one per-class heat-map table each
     config.study.eval = ml_collections.ConfigDict()
     config.study.eval.iou_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # the T of every
