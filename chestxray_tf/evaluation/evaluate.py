@@ -269,10 +269,17 @@ def evaluate_protocols(workdir, protocols, out_dir, checkpoint="latest", split="
 
     Returns:
         (checkpoint path, {name: {variant: paths}}).
+
+    Raises:
+        ValueError: an override names no field of config.eval; as `evaluate` otherwise.
     """
     config, model, path, pred = _restore_and_predict(workdir, checkpoint, split, progress)
     outcomes, written = {}, {}
     for name, overrides in protocols.items():
+        unknown = sorted(set(overrides) - set(config.eval))
+        if unknown:
+            raise ValueError(f"protocol {name!r}: config.eval of {workdir} has no field "
+                             f"{', '.join(unknown)}")
         config_p = config.copy_and_resolve_references()
         with config_p.unlocked():
             config_p.eval.update(overrides)

@@ -107,6 +107,21 @@ def columns(study):
     return out
 
 
+def named_columns(study, field):
+    """{key: Column} of the column keys `study.<field>` names (`sweep_metrics`,
+    `heatmap_metrics`).
+
+    Raises:
+        ValueError: a key that is no column, named with the choices.
+    """
+    found = {c.key: c for c in columns(study)}
+    unknown = [key for key in study[field] if key not in found]
+    if unknown:
+        raise ValueError(f"config.study.{field}: {unknown} are not columns; choose among "
+                         f"{', '.join(found)}")
+    return {key: found[key] for key in study[field]}
+
+
 def lookup(results, path):
     """The TABLE at `path` of a report's `results`, or None when the report has none (a run
     whose test split has no boxed image)."""

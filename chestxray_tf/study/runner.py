@@ -124,7 +124,9 @@ def run_study(config, study_dir, manifest, *, progress=True, after_run=None):
     """Trains and evaluates every run of the study's plan (finished ones skipped), calling
     `after_run(run)` after each run that ran. Returns the runs."""
     runs = plan_lib.plan(config.study)
-    protocols_lib.protocols(config.study)  # a bad eval setting fails before any training
+    protocols_lib.protocols(config.study)  # bad settings fail before any training
+    for field in ("sweep_metrics", "heatmap_metrics"):
+        protocols_lib.named_columns(config.study, field)
     os.makedirs(study_dir, exist_ok=True)
     with workdir_lib.lock(study_dir):
         check_study(study_dir, config, manifest)

@@ -112,11 +112,7 @@ def _sweep_points(study, sweep):
 
 def sweeps(study, done, selections):
     """{"annotated" | "unannotated": ...} of the tasks that train on boxes (module docstring)."""
-    columns = {c.key: c for c in protocols_lib.columns(study)}
-    unknown = [m for m in study.sweep_metrics if m not in columns]
-    if unknown:
-        raise ValueError(f"config.study.sweep_metrics: {unknown} are not columns; choose "
-                         f"among {', '.join(columns)}")
+    columns = protocols_lib.named_columns(study, "sweep_metrics")
     methods = {m: tv for m, tv in _methods(done).items()
                if tasks_lib.get_task(tv[0]).uses_boxes}
     out = {}
@@ -145,11 +141,7 @@ def sweeps(study, done, selections):
 
 def per_class(study, done, selections):
     """{selection: {column: {method: {class: mean over folds}}}} at the comparison's point."""
-    columns = {c.key: c for c in protocols_lib.columns(study)}
-    unknown = [m for m in study.heatmap_metrics if m not in columns]
-    if unknown:
-        raise ValueError(f"config.study.heatmap_metrics: {unknown} are not columns; choose "
-                         f"among {', '.join(columns)}")
+    columns = protocols_lib.named_columns(study, "heatmap_metrics")
     main = (float(study.annotated_fraction), float(study.unannotated_fraction))
     out = {}
     for selection in selections:

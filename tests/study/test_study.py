@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from chestxray_tf import config_reference
 from chestxray_tf.study import config as study_config, plan as plan_lib
 from chestxray_tf.study import protocols as protocols_lib, runner, summary
 from chestxray_tf.training import trainer
@@ -97,6 +98,17 @@ def test_bad_study_settings_are_named():
     study.eval.selections = ("fixed",)
     with pytest.raises(ValueError, match="selections.*cross-tuned"):
         protocols_lib.protocols(study)
+    study = _config().study
+    study.sweep_metrics = ("auc", "iou>0.15")
+    with pytest.raises(ValueError, match=r"sweep_metrics: \['iou>0.15'\] are not columns"):
+        protocols_lib.named_columns(study, "sweep_metrics")
+
+
+def test_every_study_field_has_a_meaning_in_the_config_reference():
+    text = (REPO / "docs" / "configs.md").read_text(encoding="utf-8")
+    for path, _, _ in config_reference.flatten(study_config.study_config()):
+        line = next(l for l in text.splitlines() if l.startswith(f"| `{path}` |"))
+        assert line.rsplit(" | ", 1)[1].strip(" |"), f"{path} has no meaning in docs/configs.md"
 
 
 def test_a_killed_study_resumes_without_retraining_finished_runs(study):
