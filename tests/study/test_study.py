@@ -187,6 +187,7 @@ def _cli(*args, cwd):
     return out.stdout
 
 
+@pytest.mark.slow  # four binaries in subprocesses (~45 s on 2 cores)
 def test_print_commands_evaluate_run_and_report_only(study, tmp_path):
     copy = str(tmp_path / "S")
     shutil.copytree(study["dir"], copy)
@@ -210,3 +211,15 @@ def test_print_commands_evaluate_run_and_report_only(study, tmp_path):
     gathered = json.loads(pathlib.Path(summary.write(study["config"], copy, study["manifest"])[
         "json"]).read_text())
     assert gathered["missing"] == [] and gathered["tables"] == study["data"]["tables"]
+
+
+def test_the_shared_protocol_equals_the_ordinary_evaluation_where_they_agree(study):
+    """Li et al.'s own protocol is the study's regions-strict-fixed one: `cli.evaluate`'s
+    report of the run (its paper config.eval) holds the same AUC and accuracies."""
+    from chestxray_tf.evaluation import evaluate  # pylint: disable=import-outside-toplevel
+    run_dir = os.path.join(study["dir"], "runs", "li2018", "f0_a0.8_u0.5")
+    own = json.loads(pathlib.Path(evaluate.evaluate(run_dir, progress=False)["json"])
+                     .read_text())["results"]
+    shared = _report(study, "li2018/f0_a0.8_u0.5", "regions-strict-fixed")
+    for key in ("auc", "auc_exact", "localization", "localization_chance", "thresholds"):
+        assert shared[key] == own[key], key
