@@ -4,7 +4,7 @@
   fraction, a line per method that trains on boxes (mean ± std over folds), one panel per
   primary threshold rule (fixed, cross-tuned): Li et al. Figs. 5 and 6 for every method;
 * `per_class_<column>.png`: a heat-map table, a row per method and a column per class, the
-  value printed in each cell, one panel per primary threshold rule.
+  value printed in each cell, one panel per primary threshold rule (stacked).
 
 Every PNG is written atomically (`fileio.atomic_write`).
 """
@@ -34,10 +34,12 @@ def _save(figure, path):
     return path
 
 
-def _panels(count, width, height):
-    figure = Figure(figsize=(width * count, height))
+def _panels(count, width, height, stacked=False):
+    """A figure of `count` panels of width x height inches, side by side (or stacked)."""
+    figure = Figure(figsize=(width, height * count) if stacked else (width * count, height))
     FigureCanvasAgg(figure)
-    return figure, [figure.add_subplot(1, count, i + 1) for i in range(count)]
+    shape = (count, 1) if stacked else (1, count)
+    return figure, [figure.add_subplot(*shape, i + 1) for i in range(count)]
 
 
 def plot_sweep(sweep, entry, column, label, out_png):
@@ -66,7 +68,7 @@ def plot_per_class(tables, column, label, out_png):
     methods = list(any_table)
     classes = list(next(iter(any_table.values()), {}))
     figure, axes = _panels(len(PRIMARY_SELECTIONS), 0.8 * len(classes) + 2.5,
-                           0.45 * len(methods) + 2.0)
+                           0.45 * len(methods) + 2.0, stacked=True)
     for ax, selection in zip(axes, PRIMARY_SELECTIONS):
         grid = np.array([[np.nan if tables[selection].get(m, {}).get(k) is None else
                           tables[selection][m][k] for k in classes] for m in methods])
