@@ -9,8 +9,8 @@ study.json:
     {"name", "manifest", "split": {protocol, folds, split_seed, annotated, unannotated},
      "protocols": {name: config.eval overrides}, "selections": [...],
      "columns": [{"key", "label", "higher_is_better"}],
-     "runs": [{"id", "task", "fold", "annotated", "unannotated", "workdir",
-               "reports": {protocol: {variant: report.json path}}}],
+     "runs": [{"id", "task", "fold", "annotated", "unannotated", "workdir" (relative to S),
+               "reports": {protocol: {variant: report.json path, relative to the run}}}],
      "missing": [run id],        # planned runs not (yet) evaluated
      "tables": {selection: [ROW]}, # the comparison's point, one ROW per method
      "sweeps": {"annotated" | "unannotated": {"fixed_at": F, "fractions": [...],
@@ -200,7 +200,8 @@ def build(config, study_dir, manifest):
         "columns": [{"key": c.key, "label": c.label, "higher_is_better": c.higher_is_better}
                     for c in protocols_lib.columns(study)],
         "runs": [{"id": run.id, "task": run.task, "fold": run.fold, "annotated": run.annotated,
-                  "unannotated": run.unannotated, "workdir": run.workdir(study_dir),
+                  "unannotated": run.unannotated,
+                  "workdir": os.path.relpath(run.workdir(study_dir), study_dir),
                   "reports": runner.read_marker(run.workdir(study_dir))["reports"]}
                  for run, _ in done],
         "missing": [run.id for run in missing],
