@@ -41,9 +41,10 @@ class StudyRun:
 
 
 def study_tasks(study):
-    """The task names of the study (`study.tasks`, or every task of the package's registry),
-    each checked against the registry."""
-    names = list(study.tasks) or config_reference.library_tasks()
+    """The task names of the study (`study.tasks`, or every task of the package's registry in
+    registry order), each checked against the registry."""
+    package = set(config_reference.library_tasks())
+    names = list(study.tasks) or [name for name in tasks_lib.TASKS if name in package]
     for name in names:
         tasks_lib.get_task(name)  # an unknown name is a ValueError naming the choices
     if len(set(names)) != len(names):
