@@ -125,9 +125,9 @@ def localize_variant(pred, config, variant="", outcomes=None):
     if outcomes is None:
         table = localize.outcomes(pairs, task.region_rule, protocol)
     else:
-        rule = task.region_rule()
-        table = outcomes.setdefault(
-            (variant, protocol.localization, rule.inclusive, rule.keep, rule.max_regions), {})
+        # The rule but its threshold (a frozen dataclass): the outcomes it shares a table with.
+        rule = dataclasses.replace(task.region_rule(), threshold=0.0)
+        table = outcomes.setdefault((variant, protocol.localization, rule), {})
         for t in protocol.evaluated:
             if t not in table:
                 table[t] = localize.outcome(pairs, task.region_rule(t), protocol.localization)
