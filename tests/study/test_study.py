@@ -223,3 +223,26 @@ def test_the_shared_protocol_equals_the_ordinary_evaluation_where_they_agree(stu
     shared = _report(study, "li2018/f0_a0.8_u0.5", "regions-strict-fixed")
     for key in ("auc", "auc_exact", "localization", "localization_chance", "thresholds"):
         assert shared[key] == own[key], key
+
+
+def _fake_reports(study, value):
+    """{protocol: {"": report}} whose every TABLE has mean `value` (folds without a model)."""
+    table = {"per_class": {"Atelectasis": value}, "mean": value}
+    results = {"auc": table, "average_iou": table, "cdice": table,
+               "localization": {k: {key: table for key in ("0.1", "0.2", "0.3", "0.4", "0.5",
+                                                           "0.6", "0.7")} for k in ("iou", "ior")},
+               "afp": {key: table for key in ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7")}}
+    results["localization_chance"] = results["localization"]
+    return {name: {"": {"results": results}} for name in protocols_lib.protocols(study)}
+
+
+def test_several_folds_give_mean_and_sample_std():
+    study = _config().study
+    done = [(plan_lib.StudyRun("li2018", fold, 0.8, 0.5), _fake_reports(study, value))
+            for fold, value in ((0, 0.2), (1, 0.4), (2, 0.9))]
+    (row,) = summary.comparison_rows(study, done, "cross-tuned")
+    assert row["n"] == 3 and row["values"]["iou>=0.3"] == pytest.approx(0.5)
+    assert row["std"]["afp@0.7"] == pytest.approx(0.3605551, rel=1e-6)  # ddof = 1
+    assert row["chance"]["box_iou>0.1"] == pytest.approx(0.5)
+    lines = summary.sweeps(study, done, ["fixed"])["annotated"]["fixed"]["auc"]["li2018"]
+    assert lines == [[0.8, pytest.approx(0.5), pytest.approx(0.3605551, rel=1e-6), 3]]
