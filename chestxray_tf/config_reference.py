@@ -4,8 +4,8 @@ The fields and defaults come from `training.defaults.base_config(task)` for ever
 registry; the meaning of a field is the comment on the line that sets it (and the comment-only
 lines under it) in `training/defaults.py` or in the task's `default_config`, so the reference
 and the code cannot drift (`tests/test_config_reference.py` compares the file with this
-output). The config files of `configs/` are listed with the first paragraph of their
-docstrings. Regenerate with `python -m chestxray_tf.config_reference > docs/configs.md`.
+output), and so are the study's (`study.config.study_config`). The config files of `configs/`
+are listed with the first paragraph of their docstrings. Regenerate with `python -m chestxray_tf.config_reference > docs/configs.md`.
 """
 
 import ast
@@ -18,6 +18,7 @@ import tokenize
 from ml_collections import config_dict
 
 from chestxray_tf import tasks as tasks_lib
+from chestxray_tf.study import config as study_config
 from chestxray_tf.training import defaults
 
 _ASSIGNMENT = re.compile(r"\s*(\w+)\.([\w.]+)\s*=")
@@ -156,6 +157,10 @@ def reference():
         lines += ["", f"## Task `{name}`", "",
                   " ".join((inspect.getdoc(task) or "").split("\n\n")[0].split()), ""]
         lines += _table(own, field_comments(task.default_config)) if own else ["(no fields)"]
+    lines += ["", "## Study (`cli.study`, `configs/study.py`)", "",
+              " ".join((inspect.getdoc(study_config.study_config) or "").split()), ""]
+    lines += _table(flatten(study_config.study_config()),
+                    field_comments(study_config.study_config))
     return "\n".join(lines) + "\n"
 
 

@@ -82,9 +82,13 @@ def _regions(maps, rule):
                per_region(tf.math.unsorted_segment_max, position % width)]
     present = tf.concat([tf.zeros([rows, 1], tf.bool), size[:, 1:] > 0], axis=1)
     rank = tf.cast(size, tf.float32) if rule.keep == "largest" else peak
-    # top_k keeps the first of equal values: the smaller label, the earlier first cell.
-    order = tf.math.top_k(tf.where(present, rank, -1.0), k=rule.num_regions).indices
-    found = tf.gather(present, order, batch_dims=1)
+    # top_k keeps the first of equal values: the smaller label, the earlier first cell. A map
+    # with fewer label slots than `num_regions` (a tiny grid) is padded with empty slots.
+    ranked = tf.pad(tf.where(present, rank, -1.0),
+                    [[0, 0], [0, tf.maximum(rule.num_regions - slots, 0)]], constant_values=-1.0)
+    order = tf.math.top_k(ranked, k=rule.num_regions).indices
+    order, padded = tf.minimum(order, slots - 1), order >= slots
+    found = tf.gather(present, order, batch_dims=1) & ~padded
 
     def out(x):
         return tf.reshape(x, [batch, classes, rule.num_regions])

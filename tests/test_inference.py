@@ -62,3 +62,15 @@ def test_rule_arguments_are_checked():
         RegionRule(0.5, keep="biggest")
     with pytest.raises(ValueError, match="max_regions"):
         RegionRule(0.5, keep="all", max_regions=2)
+
+
+def test_more_regions_asked_than_a_tiny_map_has_slots():
+    """A 2 x 3 map has 7 label slots; 10 regions asked: the two blobs, then empty slots (this
+    raised in top_k before the empty slots were padded in)."""
+    maps = np.zeros((1, 2, 3, 1), np.float32)
+    maps[0, 0, 0, 0], maps[0, 0, 2, 0] = 0.9, 0.7
+    boxes, scores = inference.region_boxes(maps, RegionRule(0.5, keep="each", max_regions=10))
+    np.testing.assert_allclose(scores.numpy()[0, 0], [0.9, 0.7] + [0.0] * 8, rtol=1e-6)
+    np.testing.assert_allclose(boxes.numpy()[0, 0, :2], [[0, 0, 0.5, 1 / 3], [0, 2 / 3, 0.5, 1]],
+                               rtol=1e-6)
+    assert not boxes.numpy()[0, 0, 2:].any()

@@ -115,12 +115,22 @@ class Localized:
     results: dict
 
 
-def localize_variant(pred, config, variant=""):
-    """`Localized` of the map variant's pairs under the config's protocol."""
+def localize_variant(pred, config, variant="", outcomes=None):
+    """`Localized` of the map variant's pairs under the config's protocol. `outcomes`: a cache
+    of outcome tables shared by several protocols of the same predictions (see
+    `evaluate_protocols`); the outcome at a threshold is computed once per region rule."""
     task = tasks_lib.get_task(config.task)(config)
     protocol = protocol_lib.Protocol.from_config(config.eval)
     pairs = pred.pairs[variant]
-    table = localize.outcomes(pairs, task.region_rule, protocol)
+    if outcomes is None:
+        table = localize.outcomes(pairs, task.region_rule, protocol)
+    else:
+        # The rule but its threshold (a frozen dataclass): the outcomes it shares a table with.
+        rule = dataclasses.replace(task.region_rule(), threshold=0.0)
+        table = outcomes.setdefault((variant, protocol.localization, rule), {})
+        for t in protocol.evaluated:
+            if t not in table:
+                table[t] = localize.outcome(pairs, task.region_rule(t), protocol.localization)
     chosen = localize.select_thresholds(pairs, table, protocol)
     return Localized(protocol, table, chosen,
                      localize.localization_results(pairs, table, chosen, protocol))
@@ -197,6 +207,40 @@ def checkpoint_stage(workdir, path):
     return relative.split(os.sep)[0].partition("_")[2]
 
 
+def _restore_and_predict(workdir, checkpoint, split, progress):
+    """(config, model, checkpoint path, `Predictions`) of a run over `split`."""
+    config, model, path = workdir_lib.restore_model(workdir, checkpoint)
+    ids = split_ids(config, split)
+    if not ids:
+        raise ValueError(f"split {split} of {config.data.manifest} holds no image")
+    run_identity.check_manifest(workdir, config.data.manifest)
+    return config, model, path, predict(model, config, ids, progress=progress)
+
+
+def _write_variants(pred, config, model, workdir, path, split, out_dir, *, with_figures=True,
+                    outcomes=None):
+    """report.json / report.md of every map variant of the task (the first in `out_dir`, each
+    other in `out_dir/<variant>/`); returns {variant: paths}."""
+    task_class = tasks_lib.get_task(config.task)
+    task = task_class(config)
+    stage = checkpoint_stage(workdir, path)
+    details = task.report_details(model)
+    written = {}
+    for i, variant in enumerate(task.map_variants()):
+        variant_dir = out_dir if i == 0 else os.path.join(out_dir, variant)
+        os.makedirs(variant_dir, exist_ok=True)
+        localized = localize_variant(pred, config, variant, outcomes)
+        results = compute_results(pred, config, split, variant, localized)
+        written[variant] = report.write_report(
+            variant_dir, results, task_class.published or task_class.name,
+            config=config.to_dict(), checkpoint=path,
+            figures=(write_figures(pred, config, variant_dir, variant, localized)
+                     if with_figures else None),
+            against=task.comparison_row(stage, variant), variant=variant, stage=stage,
+            details=details)
+    return written
+
+
 def evaluate(workdir, checkpoint="latest", split="test_fold", progress=True):
     """Evaluates a training run; returns the paths of the files written under
     `eval_dir(workdir, split, checkpoint)` (the first map variant of the task; each other
@@ -206,28 +250,40 @@ def evaluate(workdir, checkpoint="latest", split="test_fold", progress=True):
     Raises:
         ValueError: the set was rebuilt since the run trained on it (`run_identity`).
     """
-    config, model, path = workdir_lib.restore_model(workdir, checkpoint)
-    ids = split_ids(config, split)
-    if not ids:
-        raise ValueError(f"split {split} of {config.data.manifest} holds no image")
-    run_identity.check_manifest(workdir, config.data.manifest)
-    pred = predict(model, config, ids, progress=progress)
-    task_class = tasks_lib.get_task(config.task)
-    task = task_class(config)
-    stage = checkpoint_stage(workdir, path)
-    details = task.report_details(model)
+    config, model, path, pred = _restore_and_predict(workdir, checkpoint, split, progress)
     out_dir = eval_dir(workdir, split, checkpoint)
-    written = {}
-    for i, variant in enumerate(task.map_variants()):
-        variant_dir = out_dir if i == 0 else os.path.join(out_dir, variant)
-        os.makedirs(variant_dir, exist_ok=True)
-        localized = localize_variant(pred, config, variant)
-        results = compute_results(pred, config, split, variant, localized)
-        written[variant] = report.write_report(
-            variant_dir, results, task_class.published or task_class.name,
-            config=config.to_dict(), checkpoint=path,
-            figures=write_figures(pred, config, variant_dir, variant, localized),
-            against=task.comparison_row(stage, variant), variant=variant, stage=stage,
-            details=details)
-    first = written[task.map_variants()[0]]
+    written = _write_variants(pred, config, model, workdir, path, split, out_dir)
+    first = written[tasks_lib.get_task(config.task)(config).map_variants()[0]]
     return {**first, "out_dir": out_dir, "variants": written}
+
+
+def evaluate_protocols(workdir, protocols, out_dir, checkpoint="latest", split="test_fold",
+                       progress=True):
+    """Evaluates a run under several protocols from ONE pass of the model over the split.
+
+    protocols: {name: overrides of `config.eval`} (e.g. {"localization": "boxes",
+        "inclusive": True}), each applied to the run's own config.eval; the reports (no
+        figures) of protocol `name` go to `out_dir/<name>/[<variant>/]`. The outcome of a map
+        threshold is computed once per region rule and shared by the protocols that differ
+        only in how a hit is counted or how thresholds are selected.
+
+    Returns:
+        (checkpoint path, {name: {variant: paths}}).
+
+    Raises:
+        ValueError: an override names no field of config.eval; as `evaluate` otherwise.
+    """
+    config, model, path, pred = _restore_and_predict(workdir, checkpoint, split, progress)
+    outcomes, written = {}, {}
+    for name, overrides in protocols.items():
+        unknown = sorted(set(overrides) - set(config.eval))
+        if unknown:
+            raise ValueError(f"protocol {name!r}: config.eval of {workdir} has no field "
+                             f"{', '.join(unknown)}")
+        config_p = config.copy_and_resolve_references()
+        with config_p.unlocked():
+            config_p.eval.update(overrides)
+        written[name] = _write_variants(pred, config_p, model, workdir, path, split,
+                                        os.path.join(out_dir, name), with_figures=False,
+                                        outcomes=outcomes)
+    return path, written

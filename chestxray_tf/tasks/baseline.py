@@ -17,6 +17,7 @@ class Baseline(base.Task):
     published = "li2018"
     published_row = "baseline"
     map_key = "cam"
+    uses_boxes = False  # BCE on the image labels only (Li et al. Table 1's reference)
 
     @classmethod
     def default_config(cls):

@@ -50,6 +50,7 @@ class Hermoza2020(base.Task):
     """Outputs of `models.hermoza2020.build_hermoza2020`; image scores sigma(y~) (Table 1)."""
     name = "hermoza2020"
     map_key = MAP_VARIANTS["mix"][0]
+    uses_boxes = False  # all three stages train on the image labels; boxes only in evaluation
 
     @classmethod
     def default_config(cls):

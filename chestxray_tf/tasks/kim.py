@@ -65,6 +65,7 @@ class Kim(base.Task):
     """Kim et al. (see the module docstring); the map is "cam", the scores "image_probs"."""
     name = "kim"
     map_key = "cam"
+    uses_boxes = False  # labels, the anchor and disease masks from CAMs; boxes only in evaluation
 
     def __init__(self, config, stats=None):
         super().__init__(config, stats)

@@ -22,7 +22,7 @@ class Li2018(base.Task):
     """Li et al. 2018: outputs `patch_probs` [B, P, P, K] (the map) and `image_probs` (Eq. 2)."""
     name = "li2018"
     map_key = "patch_probs"
-    uses_boxes = True
+    uses_boxes = True  # Eq. 4's box term trains on the P x P box masks
 
     @classmethod
     def default_config(cls):

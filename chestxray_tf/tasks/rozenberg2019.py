@@ -66,7 +66,7 @@ class Rozenberg2019(base.Task):
     """Outputs `patch_probs` p, `z` (the map), `image_probs` (mean z) and `thresholds`."""
     name = "rozenberg2019"
     map_key = "z"
-    uses_boxes = True
+    uses_boxes = True  # Eq. 12's box term trains on the P x P box masks
 
     @classmethod
     def default_config(cls):

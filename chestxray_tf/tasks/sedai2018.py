@@ -72,6 +72,7 @@ class Sedai2018(base.Task):
     """Sedai et al. 2018: outputs `image_probs` (Eq. 1) and the `attention` map (Eq. 3)."""
     name = "sedai2018"
     map_key = "attention"
+    uses_boxes = False  # class-balanced BCE on the image labels; boxes only in evaluation
 
     @classmethod
     def default_config(cls):
