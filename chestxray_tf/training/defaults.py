@@ -72,6 +72,8 @@ def shared_config():
     config.train.weight_decay = 0.0              # adamw: decoupled; adam_l2: coupled
     config.train.momentum = 0.9                  # sgd only
     config.train.jit_compile = False             # XLA-compile the train step
+    config.train.precision = "float32"           # float32 | mixed_bfloat16 | mixed_float16 (Keras
+                                                 # dtype policy; float16 scales the loss)
     config.train.sync_batch_norm = False         # True: batch statistics over all replicas
                                                  # (Li et al. trained 5 GPUs asynchronously,
                                                  # each with its own batch of 5)
