@@ -58,8 +58,11 @@ class PatchSlicing(keras.layers.Layer):
             features = keras.ops.max_pool(features, pool_size=window, strides=1,
                                           padding="valid")
         if min(height, width) < self.grid:
-            features = keras.ops.image.resize(features, (self.grid, self.grid),
-                                              interpolation="bilinear")
+            # Resized in float32 and cast back: XLA's gradient of a float16 bilinear resize
+            # mixes float32 into the float16 backward pass and fails to compile.
+            resized = keras.ops.image.resize(keras.ops.cast(features, "float32"),
+                                             (self.grid, self.grid), interpolation="bilinear")
+            features = keras.ops.cast(resized, features.dtype)
         return features
 
     def compute_output_shape(self, input_shape):

@@ -106,8 +106,9 @@ def apply_gradients(optimizer, grads, variables):
 
 def _poison_unless_all_finite(grads):
     """`grads`, made NaN on every replica when any replica has a non-finite gradient."""
-    finite = tf.cast(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
-                                    for g in grads if g is not None]), tf.float32)
-    finite = tf.distribute.get_replica_context().all_reduce("MIN", finite)
-    poison = tf.where(finite > 0, 0.0, float("nan"))
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+    # The replicas that overflowed, summed (all-reduce has SUM and MEAN, no MIN).
+    overflowed = tf.distribute.get_replica_context().all_reduce(
+        "SUM", 1.0 - tf.cast(finite, tf.float32))
+    poison = tf.where(overflowed > 0, float("nan"), 0.0)
     return [g if g is None else g + tf.cast(poison, g.dtype) for g in grads]
