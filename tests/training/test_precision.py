@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from chestxray_tf import tasks as tasks_lib, workdir as workdir_lib
+from chestxray_tf import run_identity, tasks as tasks_lib, workdir as workdir_lib
 from chestxray_tf.evaluation import evaluate
 from chestxray_tf.losses import li2018 as li2018_losses
 from chestxray_tf.tasks.li2018 import Li2018
@@ -92,18 +92,11 @@ def test_every_task_trains_under_every_mixed_policy(built_set, tmp_path, task, p
 
 
 def test_float16_loss_scaling_skips_an_overflowing_step_and_trains_on(built_set, tmp_path,
-                                                                       monkeypatch):
+                                                                       li_loss_poison):
     """Keras' documented dynamic loss scaling: a step whose scaled gradients overflow float16
-    changes no trained weight and halves the scale; the next finite steps train. The skipped step is
-    counted in `iterations` (the trainer's step)."""
-    poison = tf.Variable(1.0)
-    loss_fn = Li2018.loss
-
-    def poisoned_loss(self, batch, outputs):
-        loss, terms = loss_fn(self, batch, outputs)
-        return loss * poison, terms
-
-    monkeypatch.setattr(Li2018, "loss", poisoned_loss)
+    changes no trained weight and halves the scale; the next finite steps train. The skipped
+    step is counted in `iterations` (the trainer's step)."""
+    poison = li_loss_poison
     stage = first_gradient_trainer(
         tiny_config(built_set, precision="mixed_float16", num_val_images=0), str(tmp_path))
     iterator = repeated_batch(stage)
@@ -282,3 +275,14 @@ def test_loss_scaling_under_mirrored_strategy_and_xla(built_set, tmp_path):
         assert overflows["scale"] == trains_on["scale"] == trains["scale"] / 2, (name, result)
         assert overflows["iterations"] == trains["iterations"] + 1 == trains_on["iterations"] - 1
         assert all(s["finite"] and np.isfinite(s["loss"]) for s in result[name]), result
+
+
+def test_a_run_recorded_before_the_field_resumes_as_float32_only():
+    """A run.json written before `train.precision` existed trained in float32: it resumes
+    under float32, and a mixed resume of it is refused naming the field."""
+    recorded = {"fields": {"train.learning_rate": 1e-3}}
+    same = {"fields": {"train.learning_rate": 1e-3, "train.precision": "float32"}}
+    assert run_identity.differences(recorded, same) == {}
+    mixed = {"fields": {"train.learning_rate": 1e-3, "train.precision": "mixed_bfloat16"}}
+    assert run_identity.differences(recorded, mixed) == {
+        "train.precision": ("float32", "mixed_bfloat16")}
