@@ -17,6 +17,9 @@ WORKDIR/stages/<i>_<name>/ (`chestxray_tf.workdir`):
   (keras-team/keras#20585); the input comes from `distribute_datasets_from_function`; the
   per-example loss is averaged over the global batch and the model's L2 penalties are scaled
   by the number of replicas;
+* the model is built under the dtype policy of `train.precision` (`training.precision`:
+  float32, mixed_bfloat16, or mixed_float16 with loss scaling); variables and outputs stay
+  float32;
 * a non-finite loss stops the run before anything is saved (`TrainingDivergedError`);
 * each validation (every epoch, or `eval_every_steps`) measures the validation AUC and, when
   the stage's schedule or `select_by` needs it, the validation loss; the plateau schedule

@@ -118,11 +118,13 @@ def test_float16_loss_scaling_skips_an_overflowing_step_and_trains_on(built_set,
     assert all(np.isfinite(w).all() for w in after)
     assert float(optimizer.dynamic_scale.numpy()) == scale / 2
     assert int(optimizer.iterations.numpy()) == 4
-    # The scale is checkpointed with the optimizer.
+    # The scale and the step are checkpointed with the optimizer (a resume continues them).
     path = stage.manager.save(checkpoint_number=4)
     optimizer.dynamic_scale.assign(1.0)
+    optimizer.iterations.assign(0)
     stage.checkpoint.restore(path)
     assert float(optimizer.dynamic_scale.numpy()) == scale / 2
+    assert int(optimizer.iterations.numpy()) == 4
 
 
 def test_li_eq_1_2_products_are_float32_under_float16():
