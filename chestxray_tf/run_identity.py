@@ -60,11 +60,18 @@ def identity(config, split):
             "split_sha256": _digest(ids.encode())}
 
 
+# Run-defining fields added to the schema since runs were recorded, with the value every run
+# recorded before had (the behaviour before the field existed), so those runs still resume.
+ADDED_FIELDS = {"train.precision": "float32"}
+
+
 def differences(recorded, current):
-    """Names and (recorded, current) values of every field that differs."""
+    """Names and (recorded, current) values of every field that differs (a field of
+    `ADDED_FIELDS` absent from the record counts as its value there)."""
     out = {}
     for key in sorted(set(recorded["fields"]) | set(current["fields"])):
-        a, b = recorded["fields"].get(key, "<absent>"), current["fields"].get(key, "<absent>")
+        a = recorded["fields"].get(key, ADDED_FIELDS.get(key, "<absent>"))
+        b = current["fields"].get(key, "<absent>")
         if a != b:
             out[key] = (a, b)
     for key in ("manifest_sha256", "split_sha256"):

@@ -12,6 +12,8 @@ y = one_hot(argmax_n c_{n,k}) (the authors' eval mode).
 import keras
 import tensorflow as tf
 
+from chestxray_tf.models.layers import Float32Layer
+
 TAU_SCHEDULES = ("stages_2_3", "stage2", "per_stage", "constant")
 TAU_START = 1.0
 TAU_END = 1e-3
@@ -40,12 +42,13 @@ def select(weights, boxes):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class GumbelPick(keras.layers.Layer):
+class GumbelPick(Float32Layer):
     """[B, N, K] confidences -> [B, N, K] one-hot selection over the N proposals of each class.
 
     Training: straight-through Gumbel-softmax at the temperature `tau` (a non-trainable weight,
     set from outside with `layer.tau.assign(...)`, e.g. by `temperature`); inference: the argmax
     of the confidences, no noise. The selection's forward value is exactly one-hot either way.
+    Float32 under any policy: (c + g) / tau at tau = 1e-3 overflows float16.
     """
 
     def __init__(self, tau=TAU_START, seed=None, **kwargs):

@@ -8,6 +8,10 @@
 * `CropBoxes`: the differentiable crop x~_k of the input at b~_k.
 * `ProposalMap`: x_RPN = sum_n c_{n,k} 1[omega in r_{n,k}] (inference, brief D-res / D-conf).
 * `MinMaxNormalize`: per (image, class) (x - min) / (max - min) (0 where the map is flat).
+
+All compute in float32 under a mixed dtype policy (`Float32Layer`): box coordinates are in
+pixels (up to S = 512, where float16's step is 0.25-0.5 px), the Gumbel selection multiplies
+them, and the maps are the model's outputs.
 """
 
 import keras
@@ -15,6 +19,7 @@ import tensorflow as tf
 
 from chestxray_tf.models import detection
 from chestxray_tf.models.gumbel import select
+from chestxray_tf.models.layers import Float32Layer
 from chestxray_tf.models.proposals import proposal_boxes
 
 ROI_FEATURES = ("per_class", "x_fpn")
@@ -28,7 +33,7 @@ def _check_choice(name, value, choices):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class ProposalFeatures(keras.layers.Layer):
+class ProposalFeatures(Float32Layer):
     """RoI features of the N proposals of `proposal_boxes(image_size)`.
 
     "per_class": inputs (class_features [B, h, w, K, D], saliency_logits [B, h, w, K]) ->
@@ -78,7 +83,7 @@ class ProposalFeatures(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class RefineBoxes(keras.layers.Layer):
+class RefineBoxes(Float32Layer):
     """Deltas [B, N, K, 4] (d_y, d_x, d_h, d_w) -> refined boxes r_{n,k} [B, N, K, 4]
     (y1, x1, y2, x2) of the proposals of `proposal_boxes(image_size)`."""
 
@@ -95,7 +100,7 @@ class RefineBoxes(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class SelectBoxes(keras.layers.Layer):
+class SelectBoxes(Float32Layer):
     """(selection [B, N, K], boxes [B, N, K, 4]) -> b~ [B, K, 4] (`gumbel.select`)."""
 
     def call(self, inputs):
@@ -104,7 +109,7 @@ class SelectBoxes(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class CropBoxes(keras.layers.Layer):
+class CropBoxes(Float32Layer):
     """(image [B, S, S, C], boxes [B, K, 4]) -> [B, K, crop, crop, C]: "bilinear"
     (`detection.crop_boxes`) or "glimpse" (`detection.glimpse_boxes`, the authors' code)."""
 
@@ -128,7 +133,7 @@ class CropBoxes(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class ProposalMap(keras.layers.Layer):
+class ProposalMap(Float32Layer):
     """x_RPN (Sec. 3.2 inference): (confidences [B, N, K], refined boxes [B, N, K, 4]) ->
     [B, m, m, K], the sum over the proposals of their weight on the cells of their rounded box
     (`detection.rasterize_boxes`). Weights "raw" = c_{n,k} (the authors' code; the 1/N of an
@@ -154,7 +159,7 @@ class ProposalMap(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class MinMaxNormalize(keras.layers.Layer):
+class MinMaxNormalize(Float32Layer):
     """[B, h, w, K] -> (x - min) / (max - min) per image and class, in [0, 1]; a flat map
     gives 0."""
 

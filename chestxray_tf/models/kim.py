@@ -26,6 +26,7 @@ import numpy as np
 from keras import ops
 
 from chestxray_tf.labels import NUM_CLASSES
+from chestxray_tf.models.layers import Float32Layer
 from chestxray_tf.models.resnet import RESNET18, RESNET50, resnet_v1
 from chestxray_tf.models.sampler import affine_warp, invert_affine, transform_boxes
 
@@ -83,12 +84,11 @@ class AffineParams(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class SpatialTransformer(keras.layers.Layer):
+class SpatialTransformer(Float32Layer):
     """[images [B, H, W, C], params [B, 5]] -> images warped by `affine_matrix(params)`,
     [B, H, W, C] float32 (Eq. 6 without B(G(.)); brief §3.2). Outside the input: `fill_value`."""
 
     def __init__(self, fill_value=DEFAULT_FILL, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if isinstance(fill_value, (bool, str)) or not np.isscalar(fill_value) or \
                 not math.isfinite(fill_value):
@@ -173,7 +173,7 @@ def boxes_to_original(boxes_yxyx, params):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class AttentionCam(keras.layers.Layer):
+class AttentionCam(Float32Layer):
     """CAM head with disease-mask attention (Eqs. 1, 2, 4, 5; brief §2.10-2.11, §3.4).
 
     features f [B, p, p, C'] -> (Ŝ [B, p, p, K], logits [B, K]), float32, with
@@ -189,7 +189,6 @@ class AttentionCam(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, attention="class", **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"AttentionCam num_classes must be a positive integer, got "
@@ -238,7 +237,7 @@ class AttentionCam(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class OriginalFrameMaps(keras.layers.Layer):
+class OriginalFrameMaps(Float32Layer):
     """Localization maps for the evaluation (brief §2.5, §3.5): cams [B, p, p, K] of the aligned
     frame (and the aligner's params [B, 5]) -> [B, R, R, K] float32 in [0, 1].
 
@@ -248,7 +247,6 @@ class OriginalFrameMaps(keras.layers.Layer):
     """
 
     def __init__(self, size, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if int(size) != size or size < 1:
             raise ValueError(f"OriginalFrameMaps size must be a positive integer, got {size!r}")
@@ -308,11 +306,12 @@ def build_classifier(image_size=512, *, backbone=RESNET50, num_classes=NUM_CLASS
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class StageSwitch(keras.layers.Layer):
+class StageSwitch(Float32Layer):
     """The `kim` task's main outputs: [base outputs, aligned outputs] -> the base classifier's
     (S0) while the non-trainable scalar `aligned` is 0, the aligned classifier's (S2, S4) once
     it is 1. The training stages set it (S2's hook), so a checkpoint of any stage, its export
     and predict serve that stage's model; each argument is a list of tensors of equal shapes.
+    Float32 under any policy: it selects among the classifiers' float32 outputs.
     """
 
     def build(self, input_shape):
@@ -329,10 +328,11 @@ class StageSwitch(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class AnchorImage(keras.layers.Layer):
+class AnchorImage(Float32Layer):
     """Holds the anchor image A [S, S, 3] (Sec. 3.2) as a non-trainable weight, zero until the
     anchor stage writes it, so it is checkpointed and exported with the model; the call passes
-    its input through unchanged (the layer sits on the aligner's parameters)."""
+    its input through unchanged (the layer sits on the aligner's parameters, float32 under any
+    policy: affine parameters and A are geometry and pixels)."""
 
     def __init__(self, image_size, **kwargs):
         super().__init__(**kwargs)

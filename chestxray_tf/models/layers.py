@@ -7,12 +7,27 @@ interpolation; a map already of size P is passed through.
 
 `lse_pool` / `LSEPooling` (Hermoza et al. 2020, Sec. 3.2): log-sum-exp pooling of saliency maps
 into image logits, with a learnable sharpness per class.
+
+`Float32Layer`: the base of the layers that compute in float32 under a mixed dtype policy
+(`chestxray_tf.training.precision`).
 """
 
 import math
 
 import keras
 import numpy as np
+
+
+class Float32Layer(keras.layers.Layer):
+    """A layer that computes in float32 whatever the dtype policy (unless built with another
+    `dtype`): its float inputs are cast to float32 and its outputs are float32. For the layers
+    whose numerics float16 / bfloat16 would break; each subclass says why in its docstring
+    (box coordinates in pixels, softmax at a small temperature, iterated messages, the
+    model's outputs)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
@@ -43,8 +58,11 @@ class PatchSlicing(keras.layers.Layer):
             features = keras.ops.max_pool(features, pool_size=window, strides=1,
                                           padding="valid")
         if min(height, width) < self.grid:
-            features = keras.ops.image.resize(features, (self.grid, self.grid),
-                                              interpolation="bilinear")
+            # Resized in float32 and cast back: XLA's gradient of a float16 bilinear resize
+            # mixes float32 into the float16 backward pass and fails to compile.
+            resized = keras.ops.image.resize(keras.ops.cast(features, "float32"),
+                                             (self.grid, self.grid), interpolation="bilinear")
+            features = keras.ops.cast(resized, features.dtype)
         return features
 
     def compute_output_shape(self, input_shape):

@@ -36,6 +36,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from chestxray_tf.models.layers import Float32Layer
+
 MESSAGES = ("spin", "pac")
 
 
@@ -71,7 +73,7 @@ def pairwise_kernel(features, window):
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class PacCrf(keras.layers.Layer):
+class PacCrf(Float32Layer):
     """Mean-field PAC-CRF over the patch grid: [u [B, P, P, K], f [B, P, P, C_f]] -> z [B, P, P, K].
 
     Args:
@@ -85,7 +87,6 @@ class PacCrf(keras.layers.Layer):
     """
 
     def __init__(self, window=19, steps=5, message="spin", **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if int(window) != window or window < 1 or window % 2 == 0:
             raise ValueError(f"PacCrf window must be an odd positive integer, got {window!r}")

@@ -26,6 +26,7 @@ import numpy as np
 from keras import ops
 
 from chestxray_tf.losses.rozenberg2019 import THRESHOLD_NAMES
+from chestxray_tf.models.layers import Float32Layer
 
 TAU, RHO, TAU_HAT, RHO_HAT = range(len(THRESHOLD_NAMES))
 METHODS = ("youden", "quantile", "fixed")
@@ -35,16 +36,16 @@ MIN_ANNOTATED = 5
 
 
 @keras.saving.register_keras_serializable(package="chestxray_tf")
-class Thresholds(keras.layers.Layer):
+class Thresholds(Float32Layer):
     """Holds (τ, ρ, τ̂, ρ̂) per class as a non-trainable weight [4, K]; returns it broadcast
-    to [B, 4, K] for a batch-shaped input (any tensor whose first axis is the batch).
+    to [B, 4, K] for a batch-shaped input (any tensor whose first axis is the batch), float32
+    (a model output compared with float32 maps).
 
     Args:
         initial: [4, K] initial values (see `initial_thresholds`).
     """
 
     def __init__(self, initial, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.initial = _check_thresholds(initial).tolist()
 

@@ -82,6 +82,8 @@ def shared_config():
                                                  # off on CPUs
     config.train.steps_per_loop = 10             # train steps per tf.function call (logs read
                                                  # only at log steps; events end a loop early)
+    config.train.precision = "float32"           # float32 | mixed_bfloat16 | mixed_float16 (Keras
+                                                 # dtype policy; float16 scales the loss)
     config.train.sync_batch_norm = False         # True: batch statistics over all replicas
                                                  # (Li et al. trained 5 GPUs asynchronously,
                                                  # each with its own batch of 5)

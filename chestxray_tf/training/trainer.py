@@ -17,6 +17,9 @@ WORKDIR/stages/<i>_<name>/ (`chestxray_tf.workdir`):
   (keras-team/keras#20585); the input comes from `distribute_datasets_from_function`; the
   per-example loss is averaged over the global batch and the model's L2 penalties are scaled
   by the number of replicas;
+* the model is built under the dtype policy of `train.precision` (`training.precision`:
+  float32, mixed_bfloat16, or mixed_float16 with loss scaling); variables and outputs stay
+  float32;
 * a non-finite loss stops the run before anything is saved (`TrainingDivergedError`);
 * each validation (every epoch, or `eval_every_steps`) measures the validation AUC and, when
   the stage's schedule or `select_by` needs it, the validation loss; the plateau schedule
@@ -43,8 +46,8 @@ from chestxray_tf.data import manifest as manifest_lib, pipeline, selection
 from chestxray_tf.metrics import auc as auc_lib
 from chestxray_tf.models.layers import synchronize_batch_norm
 from chestxray_tf.tasks.base import DataStats, StageContext, select_trainable
-from chestxray_tf.training import (defaults, optimizers, schedules, strategy as strategy_lib,
-                                   summaries)
+from chestxray_tf.training import (defaults, optimizers, precision as precision_lib, schedules,
+                                   strategy as strategy_lib, summaries)
 
 SELECT_BY = ("val_auc", "val_loss")
 
@@ -86,6 +89,7 @@ class Run:
     def __init__(self, config, workdir):
         self.config = defaults.resolve_paths(config)
         self.workdir = workdir
+        self.precision = precision_lib.of_config(config)
         self.strategy = strategy_lib.get_strategy(config.train.strategy, config.train.tpu_address)
         self.chief = self.strategy.extended.should_checkpoint
         self.split = selection.select(config.data)
@@ -107,10 +111,11 @@ class Run:
     @property
     def model(self):
         """The task's model, built in the strategy's scope on first use (a run whose stages
-        are all done builds none); the initial weights are a function of `config.seed`."""
+        are all done builds none), under the run's dtype policy (`training.precision`); the
+        initial weights are a function of `config.seed`."""
         if self._model is None:
             keras.utils.set_random_seed(self.config.seed)
-            with self.strategy.scope():
+            with self.strategy.scope(), precision_lib.policy_scope(self.precision):
                 self._model = self.task.build_model()
                 if self.config.train.get("sync_batch_norm", False):
                     synchronize_batch_norm(self._model)
@@ -142,7 +147,8 @@ class Run:
         stages and their steps, workdir."""
         data = self.config.data
         lines = [f"train {self.config.task} ({self.config.name}) in {self.workdir}",
-                 f"  strategy: {strategy_lib.describe(self.strategy)}",
+                 f"  strategy: {strategy_lib.describe(self.strategy)}, precision "
+                 f"{self.precision}",
                  f"  images ({data.protocol} protocol of {data.manifest}): "
                  f"{len(self.split.train)} train, {len(self.split.val)} val, "
                  f"{len(self.split.test)} test"]
@@ -373,8 +379,8 @@ def _step_fn(model, optimizer, loss_fn, strategy, global_batch, *, jit_compile, 
             regularization = (tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                               if model.losses else tf.constant(0.0))
             total = loss + regularization
-        grads = tape.gradient(total, variables)
-        optimizer.apply_gradients(zip(grads, variables))
+            scaled = precision_lib.scale_loss(optimizer, total)
+        precision_lib.apply_gradients(optimizer, tape.gradient(scaled, variables), variables)
         logs = {"loss": total, "regularization": regularization}
         for name, value in terms.items():
             logs[name] = tf.nn.compute_average_loss(value, global_batch_size=global_batch)
@@ -417,7 +423,8 @@ class StageTrainer:
                         if self.config.lr_schedule == "plateau" else None)
         self.trainable = select_trainable(self.model, stage.trainable)
         with self.strategy.scope():
-            self.optimizer = optimizers.make_optimizer(self.config, self.steps_per_epoch)
+            self.optimizer = precision_lib.wrap_optimizer(
+                optimizers.make_optimizer(self.config, self.steps_per_epoch), run.precision)
             self.optimizer.build(self.model.trainable_variables)
         # Plateau and best-so-far state, checkpointed with the weights (exact resume); host
         # values, each worker its own.
