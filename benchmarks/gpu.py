@@ -146,7 +146,17 @@ def measure_step(config, workdir):
         return {"images_per_s": timed * stage.global_batch / seconds, "peak_memory_mb": peak,
                 "batch": stage.global_batch, "stage": stage.stage.name}
     except Exception as e:  # pylint: disable=broad-except  (reported in the table)
-        return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"}
+        return {"error": f"{type(e).__name__}: {_reason(str(e))}"}
+
+
+def _reason(message):
+    """The line of an error message that says why (TensorFlow's start with "Graph execution
+    error:" or "in user code:" and a traceback)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    for line in lines:
+        if any(k in line for k in ("No registered", "XLA", "not supported", "unsupported")):
+            return line[:200]
+    return (lines[-1] if lines else "")[:200]
 
 
 def bare_config(config):

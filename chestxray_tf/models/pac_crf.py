@@ -142,14 +142,19 @@ def crf_feature_branch(image, *, grid, widths=(32, 14), resize=4, name="crf_feat
     Area-resize to resize·P (brief §3.1: 4P), then per width Conv3x3 -> ReLU -> BN (the
     paper's order, "each followed by a rectified linear unit and batch-normalization"); the
     convolutions have stride 2 when `resize` = 2 ** len(widths) and stride 1 when `resize` = 1.
-    The Gaussian kernel's scale is learned through the last BN's scale.
+    The Gaussian kernel's scale is learned through the last BN's scale. When S is a multiple
+    of resize·P, the area resize is an average pool over S / (resize·P) pixel blocks (the same
+    values; XLA has no ResizeArea kernel, so this keeps `jit_compile` and TPUs open).
     """
     if resize not in (1, 2 ** len(widths)):
         raise ValueError(f"crf_feature_branch resize must be 1 or 2 ** len(widths) = "
                          f"{2 ** len(widths)}, got {resize!r}")
-    strides = 1 if resize == 1 else 2
-    x = keras.layers.Resizing(resize * grid, resize * grid, interpolation="area",
-                              name=f"{name}_resize")(image)
+    strides, size = 1 if resize == 1 else 2, resize * grid
+    side = image.shape[1]
+    if side is not None and side == image.shape[2] and side % size == 0:
+        x = keras.layers.AveragePooling2D(side // size, name=f"{name}_resize")(image)
+    else:
+        x = keras.layers.Resizing(size, size, interpolation="area", name=f"{name}_resize")(image)
     for index, width in enumerate(widths, start=1):
         x = keras.layers.Conv2D(width, 3, strides=strides, padding="same",
                                 name=f"{name}_conv{index}")(x)

@@ -18,6 +18,7 @@ class Baseline(base.Task):
     published_row = "baseline"
     map_key = "cam"
     uses_boxes = False  # BCE on the image labels only (Li et al. Table 1's reference)
+    jit_compile_on_gpu = True  # the step compiles (docs/benchmarks.md, "XLA")
 
     @classmethod
     def default_config(cls):

@@ -52,6 +52,11 @@ class Hermoza2020(base.Task):
     map_key = MAP_VARIANTS["mix"][0]
     uses_boxes = False  # all three stages train on the image labels; boxes only in evaluation
 
+    @property
+    def jit_compile_on_gpu(self):
+        """XLA has no CropAndResize kernel: only the `gather` sampler's step compiles."""
+        return self.config.model.sampler == "gather"
+
     @classmethod
     def default_config(cls):
         config = ml_collections.ConfigDict()

@@ -66,6 +66,7 @@ class Kim(base.Task):
     name = "kim"
     map_key = "cam"
     uses_boxes = False  # labels, the anchor and disease masks from CAMs; boxes only in evaluation
+    jit_compile_on_gpu = True  # every stage compiles (docs/benchmarks.md, "XLA")
 
     def __init__(self, config, stats=None):
         super().__init__(config, stats)

@@ -23,6 +23,7 @@ class Li2018(base.Task):
     name = "li2018"
     map_key = "patch_probs"
     uses_boxes = True  # Eq. 4's box term trains on the P x P box masks
+    jit_compile_on_gpu = True  # the step compiles (docs/benchmarks.md, "XLA")
 
     @classmethod
     def default_config(cls):

@@ -67,6 +67,7 @@ class Rozenberg2019(base.Task):
     name = "rozenberg2019"
     map_key = "z"
     uses_boxes = True  # Eq. 12's box term trains on the P x P box masks
+    jit_compile_on_gpu = True  # compiles: the CRF branch area-resizes by average pooling
 
     @classmethod
     def default_config(cls):

@@ -73,6 +73,7 @@ class Sedai2018(base.Task):
     name = "sedai2018"
     map_key = "attention"
     uses_boxes = False  # class-balanced BCE on the image labels; boxes only in evaluation
+    jit_compile_on_gpu = True  # the step compiles (docs/benchmarks.md, "XLA")
 
     @classmethod
     def default_config(cls):

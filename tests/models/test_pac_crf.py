@@ -187,3 +187,20 @@ def test_window_gather_equals_extract_patches(grid, window):
     expected = tf.image.extract_patches(x, [1, window, window, 1], [1, 1, 1, 1], [1, 1, 1, 1],
                                         "SAME").numpy().reshape(2, grid, grid, window ** 2, 3)
     np.testing.assert_array_equal(_window_patches(x, window), expected)
+
+
+@pytest.mark.parametrize("size, grid, resize", [(64, 4, 4), (48, 4, 4), (50, 4, 4), (32, 8, 1)])
+def test_feature_branch_resize_is_an_area_resize(size, grid, resize):
+    """The branch's first layer equals `tf.image.resize(method="area")` to resize·P: an
+    average pool when S is a multiple of it (50 px: the Resizing layer), compiled with XLA."""
+    image = keras.Input((size, size, 3))
+    features = crf_feature_branch(image, grid=grid, widths=(3, 2) if resize == 4 else (3,),
+                                  resize=resize)
+    model = keras.Model(image, features)
+    first = keras.Model(image, model.get_layer("crf_features_resize").output)
+    x = np.random.default_rng(size).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+    expected = tf.image.resize(x, [resize * grid] * 2, method="area").numpy()
+    np.testing.assert_allclose(first(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    if size % (resize * grid) == 0:
+        compiled = tf.function(lambda v: first(v), jit_compile=True)
+        np.testing.assert_allclose(compiled(x).numpy(), expected, rtol=1e-5, atol=1e-6)
