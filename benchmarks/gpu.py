@@ -9,12 +9,12 @@ Nothing is downloaded: a synthetic NIH-layout set is generated and built on the 
 and every backbone starts from random weights.
 
 Per task (its paper config, `configs/<task>.py`, or its `:tiny` mode with `--quick`), precision
-(`train.precision`) and XLA setting (`train.jit_compile`), the benchmark drives the task's first
-gradient stage with the trainer itself (`trainer.stage_trainer`: the model, the optimizer and
-loss scaling, `make_train_loop` with `steps_per_loop` steps per call, the uint8 grey input
-normalised on the device). Its input is the training pipeline's first batches, cached, so the
-figure is the step's, not the decoder's. One call traces (and compiles); then `--steps` steps
-are timed. Beside it, the same measurement of the task's bare backbone: its backbone -> global
+(`train.precision`), XLA setting (`train.jit_compile`) and steps per call
+(`train.steps_per_loop`), the benchmark drives the task's first gradient stage with the trainer
+itself (`trainer.Run` and `StageTrainer`: the model, the optimizer and loss scaling,
+`make_train_loop`, the uint8 grey input normalised on the device). Its input is the training
+pipeline's first batches, cached, so the figure is the step's, not the decoder's. One call
+traces (and compiles); then `--steps` steps are timed. Beside it, the same measurement of the task's bare backbone: its backbone -> global
 average pool -> dense -> sigmoid cross-entropy (the `baseline` task with the task's backbone),
 at the same size, batch and settings; the ratio task / bare is the cost of the paper's head
 and loss. Peak device memory is TensorFlow's allocator peak on the first GPU
@@ -53,8 +53,9 @@ _TASKS = flags.DEFINE_list("tasks", sorted(TASKS), "Tasks to measure.")
 _PRECISIONS = flags.DEFINE_list("precisions", list(PRECISIONS), "train.precision values.")
 _XLA = flags.DEFINE_list("xla", ["off", "on"], "train.jit_compile settings: off, on.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Timed steps per setting (0: 30, 4 with --quick).")
-_STEPS_PER_LOOP = flags.DEFINE_integer("steps_per_loop", 0,
-                                       "Steps per call (0: 10, 2 with --quick).")
+_STEPS_PER_LOOP = flags.DEFINE_list("steps_per_loop", [],
+                                    "train.steps_per_loop values (default: 10, 2 with --quick);"
+                                    " e.g. 1,10 measures the host round trips.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Per-replica batch (0: the config's).")
 _PIPELINE_SECONDS = flags.DEFINE_float("pipeline_seconds", 0,
                                        "Pipeline timing window (0: 5 s, 1 s with --quick).")
@@ -175,26 +176,29 @@ def run_all(workdir):
     configs = {task: task_config(task) for task in _TASKS.value}
     sizes = {c.data.image_size for c in configs.values()}
     manifest = make_data(workdir, max(sizes))
-    steps_per_loop = _STEPS_PER_LOOP.value or _quick(10, 2)
+    loops = [int(n) for n in _STEPS_PER_LOOP.value] or [_quick(10, 2)]
     rows, bare_cache = [], {}
-    for task, config in configs.items():
+    for task in configs:
         for precision in _PRECISIONS.value:
             for xla in _XLA.value:
-                jit = {"off": False, "on": True}[xla]
-                config = _configure(task_config(task), manifest, precision, jit, steps_per_loop)
-                result = measure_step(config, tempfile.mkdtemp(dir=workdir, prefix=f"{task}_"))
-                bare = bare_config(config)
-                key = (bare.model.backbone, bare.data.image_size, bare.train.batch_size,
-                       precision, xla)
-                if key not in bare_cache:
-                    bare_cache[key] = measure_step(
-                        _configure(bare, manifest, precision, jit, steps_per_loop),
-                        tempfile.mkdtemp(dir=workdir, prefix="bare_"))
-                rows.append({"task": task, "image_size": config.data.image_size,
-                             "backbone": config.model.backbone, "precision": precision,
-                             "xla": xla, **result,
-                             "bare": bare_cache[key]})
-                print(_row(rows[-1]), flush=True)
+                for steps_per_loop in loops:
+                    jit = {"off": False, "on": True}[xla]
+                    config = _configure(task_config(task), manifest, precision, jit,
+                                        steps_per_loop)
+                    result = measure_step(config, tempfile.mkdtemp(dir=workdir,
+                                                                   prefix=f"{task}_"))
+                    bare = bare_config(config)
+                    key = (bare.model.backbone, bare.data.image_size, bare.train.batch_size,
+                           precision, xla, steps_per_loop)
+                    if key not in bare_cache:
+                        bare_cache[key] = measure_step(
+                            _configure(bare, manifest, precision, jit, steps_per_loop),
+                            tempfile.mkdtemp(dir=workdir, prefix="bare_"))
+                    rows.append({"task": task, "image_size": config.data.image_size,
+                                 "backbone": config.model.backbone, "precision": precision,
+                                 "xla": xla, "steps_per_loop": steps_per_loop, **result,
+                                 "bare": bare_cache[key]})
+                    print(_row(rows[-1]), flush=True)
     batch, parallel = 8, 4
     window = dict(seconds=_PIPELINE_SECONDS.value or _quick(5.0, 1.0), repeats=2)
     decode = rates.images_per_second(rates.decode_only(manifest, batch, parallel), batch,
@@ -203,7 +207,7 @@ def run_all(workdir):
         manifest, batch, parallel, image_size=max(sizes), grid=16, ship_grey=True), batch,
         **window)
     return {"device": _device() or "CPU", "gpu": _gpu_name(), "host": platform.node(),
-            "cores": os.cpu_count(), "quick": _QUICK.value, "steps_per_loop": steps_per_loop,
+            "cores": os.cpu_count(), "quick": _QUICK.value,
             "tensorflow": tf.__version__, "keras": keras.__version__, "rows": rows,
             "pipeline": {"image_size": max(sizes), "batch": batch, "encoding": "png",
                          "decode_only_images_per_s": decode,
@@ -215,8 +219,9 @@ def _gpu_name():
     return tf.config.experimental.get_device_details(gpus[0]).get("device_name") if gpus else ""
 
 
-HEADER = ("| task | px | backbone | precision | XLA | batch | img/s | peak MB | bare img/s | "
-          "bare peak MB | ratio task/bare |\n|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| task | px | backbone | precision | XLA | steps/call | batch | img/s | peak MB | "
+          "bare img/s | bare peak MB | ratio task/bare |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _cell(result, key, digits=1):
@@ -231,7 +236,8 @@ def _row(r):
     ratio = (f"{r['images_per_s'] / bare['images_per_s']:.3f}"
              if "error" not in r and "error" not in bare else "")
     line = (f"| {r['task']} | {r['image_size']} | {r['backbone']} | {r['precision']} | "
-            f"{r['xla']} | {r.get('batch', '')} | {_cell(r, 'images_per_s')} | "
+            f"{r['xla']} | {r['steps_per_loop']} | {r.get('batch', '')} | "
+            f"{_cell(r, 'images_per_s')} | "
             f"{_cell(r, 'peak_memory_mb', 0)} | {_cell(bare, 'images_per_s')} | "
             f"{_cell(bare, 'peak_memory_mb', 0)} | {ratio} |")
     errors = [f"{name}: {x['error']}" for name, x in (("task", r), ("bare", bare)) if "error" in x]

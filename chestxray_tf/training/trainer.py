@@ -337,23 +337,29 @@ def make_train_loop(model, optimizer, loss_fn, strategy, global_batch, *, jit_co
     be fixed. It stops after the first step with a non-finite log value; nothing is read back
     to the host in between. Each step is `make_train_step`'s.
     """
-    step = _step_fn(model, optimizer, loss_fn, strategy, global_batch, jit_compile=jit_compile,
-                    hooks=hooks, normalization=normalization)
+    step = tf.function(_step_fn(model, optimizer, loss_fn, strategy, global_batch,
+                                jit_compile=jit_compile, hooks=hooks,
+                                normalization=normalization))
+    zeros = []  # the sums' initial values, from the traced step's outputs
 
     @tf.function
-    def train_loop(iterator, num_steps):
-        logs, skipped = step(iterator)
-        finite = _all_finite(logs)
-
+    def loop(iterator, num_steps, sums, skipped):
         def body(done, sums, skipped, finite):
             logs, skipped_now = step(iterator)
             return (done + 1, {k: sums[k] + v for k, v in logs.items()},
                     skipped + skipped_now, finite & _all_finite(logs))
 
-        done, logs, skipped, finite = tf.while_loop(
+        return tf.while_loop(
             lambda done, sums, skipped, finite: (done < num_steps) & finite, body,
-            (tf.constant(1, tf.int64), logs, skipped, finite),
+            (tf.constant(0, tf.int64), sums, skipped, tf.constant(True)),
             parallel_iterations=1)  # a step reads the weights the previous one wrote
+
+    def train_loop(iterator, num_steps):
+        if not zeros:  # the step in the loop's body only: one copy of the model's graph
+            logs, skipped = step.get_concrete_function(iterator).structured_outputs
+            zeros.append((tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype), logs),
+                          tf.zeros(skipped.shape, skipped.dtype)))
+        done, logs, skipped, finite = loop(iterator, num_steps, *zeros[0])
         return logs, skipped, done, finite
 
     return train_loop

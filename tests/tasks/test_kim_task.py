@@ -66,7 +66,7 @@ def same(a, b):
 
 @pytest.fixture(scope="module")
 def kim_run(built_set, tmp_path_factory):
-    """The tiny pipeline, SIGINT in s2's first step, then the same call again (resumes)."""
+    """The tiny pipeline, SIGINT in s2's first call, then the same call again (resumes)."""
     config = tiny_kim_config(built_set)
     workdir = str(tmp_path_factory.mktemp("kim") / "run")
     stages = kim.Kim.stages
@@ -98,7 +98,10 @@ def kim_run(built_set, tmp_path_factory):
 
 def test_every_stage_runs_and_a_kill_in_s2_resumes_in_s2(kim_run):
     config, workdir, state, _ = kim_run
-    assert state["interrupted_at"].endswith(os.path.join("3_s2", "checkpoints", "ckpt-1"))
+    # SIGINT arrived while s2's first call was traced: the call's 2 steps (to the first log
+    # step of :tiny) ran, then the run stopped with their checkpoint.
+    assert config.stages.s2.get("log_every_steps", config.train.log_every_steps) == 2
+    assert state["interrupted_at"].endswith(os.path.join("3_s2", "checkpoints", "ckpt-2"))
     assert state["done_after_interrupt"] == FOLDERS[:4] and not state["s2_done_after_interrupt"]
     assert state["unchanged"]  # s0, anchor, s1 were not run again
     assert [os.path.basename(f) for f in workdir_lib.stage_dirs(workdir)] == FOLDERS

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from chestxray_tf import run_identity, tasks as tasks_lib, workdir as workdir_lib
+from chestxray_tf.data import pipeline
 from chestxray_tf.evaluation import evaluate
 from chestxray_tf.losses import li2018 as li2018_losses
 from chestxray_tf.tasks.li2018 import Li2018
@@ -83,7 +84,8 @@ def test_every_task_trains_under_every_mixed_policy(built_set, tmp_path, task, p
     assert losses[-1] < losses[0], losses
     assert int(stage.optimizer.iterations.numpy()) == len(losses)
     assert policy in {layer.dtype_policy.name for layer in stage.model._flatten_layers()}
-    outputs = stage.model(next(iterator)["image"], training=False)
+    images = pipeline.normalize(next(iterator)["image"], config.data.normalization)
+    outputs = stage.model(images, training=False)
     assert {k: v.dtype for k, v in outputs.items()} == {k: tf.float32 for k in outputs}
     assert all(np.isfinite(v.numpy()).all() for v in outputs.values())
     # Variables (batch-norm statistics included) stay float32: checkpoints are interchangeable.
