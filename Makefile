@@ -18,7 +18,7 @@ install: $(STAMP)
 # stays on one worker, with its module fixtures); JOBS=1 runs it in one process.
 JOBS ?= 2
 test: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n $(JOBS) --dist loadfile tests
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -n $(JOBS) --dist loadfile --durations=25 tests
 
 # Everything but the tests marked `slow`.
 test-fast: $(STAMP)
