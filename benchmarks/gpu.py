@@ -24,7 +24,10 @@ CPU). A setting that fails (e.g. an op without an XLA kernel) is reported with i
 The input pipeline: images/s of `pipeline.make_dataset` (training, uint8 grey, box masks on
 16 x 16 patches) on the same set, against its decode-only bound.
 
-Prints one Markdown table and writes WORKDIR/gpu.json.
+Settings are measured in the order float32 for every task, then each further setting for every
+task; no measurement starts after `--budget_minutes` (7 by default, so the whole run stays
+under 8 minutes plus the data build), and the ones left out are listed. Prints one Markdown
+table and writes WORKDIR/gpu.json.
 """
 
 import gc
@@ -57,6 +60,9 @@ _STEPS_PER_LOOP = flags.DEFINE_list("steps_per_loop", [],
                                     "train.steps_per_loop values (default: 10, 2 with --quick);"
                                     " e.g. 1,10 measures the host round trips.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Per-replica batch (0: the config's).")
+_BUDGET_MINUTES = flags.DEFINE_float("budget_minutes", 7.0,
+                                     "Start no measurement after this many minutes (the rest "
+                                     "is listed as not run); the pipeline is timed after.")
 _PIPELINE_SECONDS = flags.DEFINE_float("pipeline_seconds", 0,
                                        "Pipeline timing window (0: 5 s, 1 s with --quick).")
 
@@ -177,11 +183,19 @@ def run_all(workdir):
     sizes = {c.data.image_size for c in configs.values()}
     manifest = make_data(workdir, max(sizes))
     loops = [int(n) for n in _STEPS_PER_LOOP.value] or [_quick(10, 2)]
-    rows, bare_cache = [], {}
-    for task in configs:
-        for precision in _PRECISIONS.value:
-            for xla in _XLA.value:
-                for steps_per_loop in loops:
+    rows, not_run, bare_cache = [], [], {}
+    deadline = time.perf_counter() + 60 * _BUDGET_MINUTES.value
+    # Every task's float32 first, then each further setting for every task: a budget that
+    # runs out leaves the least needed settings out.
+    for precision in _PRECISIONS.value:
+        for xla in _XLA.value:
+            for steps_per_loop in loops:
+                for task in configs:
+                    setting = {"task": task, "precision": precision, "xla": xla,
+                               "steps_per_loop": steps_per_loop}
+                    if time.perf_counter() > deadline:
+                        not_run.append(setting)
+                        continue
                     jit = {"off": False, "on": True}[xla]
                     config = _configure(task_config(task), manifest, precision, jit,
                                         steps_per_loop)
@@ -194,9 +208,8 @@ def run_all(workdir):
                         bare_cache[key] = measure_step(
                             _configure(bare, manifest, precision, jit, steps_per_loop),
                             tempfile.mkdtemp(dir=workdir, prefix="bare_"))
-                    rows.append({"task": task, "image_size": config.data.image_size,
-                                 "backbone": config.model.backbone, "precision": precision,
-                                 "xla": xla, "steps_per_loop": steps_per_loop, **result,
+                    rows.append({**setting, "image_size": config.data.image_size,
+                                 "backbone": config.model.backbone, **result,
                                  "bare": bare_cache[key]})
                     print(_row(rows[-1]), flush=True)
     batch, parallel = 8, 4
@@ -209,6 +222,7 @@ def run_all(workdir):
     return {"device": _device() or "CPU", "gpu": _gpu_name(), "host": platform.node(),
             "cores": os.cpu_count(), "quick": _QUICK.value,
             "tensorflow": tf.__version__, "keras": keras.__version__, "rows": rows,
+            "not_run": not_run,
             "pipeline": {"image_size": max(sizes), "batch": batch, "encoding": "png",
                          "decode_only_images_per_s": decode,
                          "pipeline_images_per_s": grey, "ratio": grey / decode}}
@@ -260,6 +274,10 @@ def main(argv):
     print(f"\ninput pipeline ({p['encoding']}, {p['image_size']} px, uint8 grey, batch "
           f"{p['batch']}): {p['pipeline_images_per_s']:.0f} img/s, decode-only "
           f"{p['decode_only_images_per_s']:.0f} img/s, ratio {p['ratio']:.2f}")
+    if results["not_run"]:
+        print(f"not run (--budget_minutes={_BUDGET_MINUTES.value:g} reached): "
+              + ", ".join("{task} {precision} XLA {xla} x{steps_per_loop}".format(**s)
+                          for s in results["not_run"]))
     print(f"device {results['device']} {results['gpu']}; {results['cores']} cores; "
           f"{results['seconds']:.0f} s in total")
     path = os.path.join(_WORKDIR.value, "gpu.json")

@@ -23,6 +23,7 @@ def test_quick_gpu_benchmark_runs_on_cpu(tmp_path):
     results = json.loads((tmp_path / "gpu.json").read_text())
     assert [(r["task"], r["precision"], r["xla"]) for r in results["rows"]] == [
         ("li2018", p, "off") for p in precisions]
+    assert results["not_run"] == []  # well within --budget_minutes
     for row in results["rows"]:
         for measured in (row, row["bare"]):
             assert "error" not in measured, measured
