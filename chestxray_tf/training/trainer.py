@@ -333,14 +333,16 @@ def make_train_loop(model, optimizer, loss_fn, strategy, global_batch, *, jit_co
                     hooks=(), normalization=None):
     """Several training steps in one call (as TF Model Garden's Orbit loops do):
     `train_loop(iterator, num_steps)` -> (logs summed over the steps run, records skipped,
-    steps run, every loss finite), a `tf.function` whose `num_steps` (a scalar tensor) need not
-    be fixed. It stops after the first step with a non-finite log value; nothing is read back
-    to the host in between. Each step is `make_train_step`'s.
+    steps run, every loss finite); `num_steps` is a scalar tensor, so any length reuses one
+    `tf.function` trace. The loop stops after the first step with a non-finite log value;
+    nothing is read back to the host in between. Each step is `make_train_step`'s, traced
+    once: the sums start from zeros shaped like its outputs, so the step appears only in the
+    loop's body (one copy of the model's graph to optimise).
     """
     step = tf.function(_step_fn(model, optimizer, loss_fn, strategy, global_batch,
                                 jit_compile=jit_compile, hooks=hooks,
                                 normalization=normalization))
-    zeros = []  # the sums' initial values, from the traced step's outputs
+    zeros = []  # the sums' initial values, made on the first call
 
     @tf.function
     def loop(iterator, num_steps, sums, skipped):
@@ -355,7 +357,7 @@ def make_train_loop(model, optimizer, loss_fn, strategy, global_batch, *, jit_co
             parallel_iterations=1)  # a step reads the weights the previous one wrote
 
     def train_loop(iterator, num_steps):
-        if not zeros:  # the step in the loop's body only: one copy of the model's graph
+        if not zeros:
             logs, skipped = step.get_concrete_function(iterator).structured_outputs
             zeros.append((tf.nest.map_structure(lambda t: tf.zeros(t.shape, t.dtype), logs),
                           tf.zeros(skipped.shape, skipped.dtype)))
